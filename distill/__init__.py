@@ -1,0 +1,1 @@
+"""Quality regressor and distillation of the student from the teacher's pairs."""

@@ -1,0 +1,1 @@
+"""Export of the student to ONNX / ORT / Core ML, verification, and benchmarks."""

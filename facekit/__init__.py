@@ -1,0 +1,1 @@
+"""Shared face tooling: the frozen expert networks, face I/O, data sets, and safe checkpoint loading."""

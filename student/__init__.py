@@ -1,0 +1,1 @@
+"""The MobileFaceSwap student: identity injection network (IIN) + identity-aware dynamic network (IDN)."""
