@@ -1,0 +1,103 @@
+"""The student's own checkpoint file: safetensors (no pickle) with the architecture in its metadata."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from facekit.errors import UserError
+from student.config import StudentConfig
+from student.model import MobileFaceSwap
+
+FORMAT = "distilswap-student/1"
+
+
+def save_student(model: MobileFaceSwap, path: str | Path, extra: Mapping[str, str] | None = None) -> Path:
+    """Write atomically: a failed save never replaces an existing good file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_student_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for truncated/foreign files
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(
+            f"{path}: not a DistilSwap student checkpoint (format {metadata.get('format')!r}); "
+            "official MobileFaceSwap weights go through `distilswap student import` first"
+        )
+    return metadata
+
+
+def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> MobileFaceSwap:
+    from safetensors.torch import load_file
+
+    metadata = read_student_metadata(path)
+    config = StudentConfig.from_dict(json.loads(metadata["config"]))
+    model = MobileFaceSwap(config)
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as err:
+        raise UserError(f"{path}: cannot read tensors ({err})") from None
+    load_state_strict(model, state, str(path))
+    return model.eval()
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Like `load_state_dict(strict=True)`, but the error is one line naming the first differences."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise UserError(f"{source}: does not match the {type(model).__name__} architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    return path
