@@ -98,7 +98,7 @@ class MobileFaceSwap(nn.Module):
         self.eval()
         weights = self.identity_weights(embedding, feature_map)
         self.train(was_training)
-        net = SwapNet(self.config).to(embedding.device)
+        net = SwapNet(self.config).to(device=embedding.device, dtype=self.final[1].weight.dtype)
         net.final.load_state_dict(self.final.state_dict())
         net.mask.load_state_dict(self.mask.state_dict())
         params = dict(net.named_parameters())

@@ -9,3 +9,23 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+# Copied from ../shared/reference: the official checkpoints' names and shapes, our compatibility contract.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_tsv():
+    """name -> shape of an official checkpoint manifest in tests/reference."""
+
+    def read(name: str) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        for line in (REFERENCE_DIR / name).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, shape = line.split("\t")[:2]
+                shapes[key] = tuple(int(d) for d in shape.split("x")) if shape else ()
+        return shapes
+
+    return read
