@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+from facekit.arcface import IRSEArcFace
+from facekit.checkpoints import paddle_name_to_torch
+from facekit.frozen import freeze, is_frozen
+from tests.expert_manifests import read_manifest
+
+SMALL = dict(blocks=(1, 1, 1, 1), widths=(16, 32, 64, 512))
+
+
+def test_full_size_names_and_shapes_match_the_official_checkpoint():
+    with torch.device("meta"):
+        model = IRSEArcFace()
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    expected = {}
+    for name, shape in read_manifest("mobilefaceswap_arcface_pdparams.tsv").items():
+        torch_name = paddle_name_to_torch(name)
+        is_linear = name in {"fc.weight"} or (".se.fc." in name and name.endswith(("0.weight", "2.weight")))
+        expected[torch_name] = shape[::-1] if is_linear else shape
+    assert own == expected
+
+
+def test_small_network_gives_normalised_embedding_and_7x7_map_from_any_size():
+    model = IRSEArcFace(**SMALL).eval()
+    embedding, feature_map = model(torch.rand(3, 3, 96, 80))
+    assert embedding.shape == (3, 512) and feature_map.shape == (3, 512, 7, 7)
+    assert torch.allclose(embedding.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.embedding_space == "irse-arcface"
+
+
+def test_resizing_inside_matches_feeding_112():
+    model = IRSEArcFace(**SMALL).eval()
+    images = torch.rand(2, 3, 112, 112)
+    assert torch.allclose(model(images)[0], model(images.clone())[0])
+    big = torch.nn.functional.interpolate(images, size=224, mode="nearest")
+    cos = (model(big)[0] * model(images)[0]).sum(1)
+    assert (cos > 0.9).all()  # same content at another resolution -> nearly the same identity
+
+
+def test_frozen_expert_stays_in_eval_and_passes_gradients_to_the_input():
+    model = freeze(IRSEArcFace(**SMALL))
+    parent = nn.ModuleDict({"expert": model, "head": nn.Linear(2, 2)})
+    parent.train()
+    assert parent["head"].training and is_frozen(model)
+    assert not any(m.training for m in model.modules())
+    images = torch.rand(2, 3, 112, 112, requires_grad=True)
+    embedding, feature_map = model(images)
+    (embedding.sum() + feature_map.mean()).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    # eval BN: the output of one sample does not depend on the rest of the batch
+    alone = model(images[:1])[0]
+    assert torch.allclose(alone, embedding[:1], atol=1e-5)
