@@ -4,17 +4,16 @@ from torch import nn
 from facekit.arcface import IRSEArcFace
 from facekit.checkpoints import paddle_name_to_torch
 from facekit.frozen import freeze, is_frozen
-from tests.expert_manifests import read_manifest
 
 SMALL = dict(blocks=(1, 1, 1, 1), widths=(16, 32, 64, 512))
 
 
-def test_full_size_names_and_shapes_match_the_official_checkpoint():
+def test_full_size_names_and_shapes_match_the_official_checkpoint(reference_tsv):
     with torch.device("meta"):
         model = IRSEArcFace()
     own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     expected = {}
-    for name, shape in read_manifest("mobilefaceswap_arcface_pdparams.tsv").items():
+    for name, shape in reference_tsv("mobilefaceswap_arcface_pdparams.tsv").items():
         torch_name = paddle_name_to_torch(name)
         is_linear = name in {"fc.weight"} or (".se.fc." in name and name.endswith(("0.weight", "2.weight")))
         expected[torch_name] = shape[::-1] if is_linear else shape

@@ -2,14 +2,13 @@ import torch
 
 from facekit.bisenet import BACKGROUND_CLASSES, CLASS_NAMES, KEPT_CLASSES, BiSeNet, class_mask
 from facekit.frozen import freeze
-from tests.expert_manifests import read_manifest
 
 
-def test_full_size_names_and_shapes_match_faceparser_pth():
+def test_full_size_names_and_shapes_match_faceparser_pth(reference_tsv):
     with torch.device("meta"):
         model = BiSeNet()
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert own == read_manifest("bisenet_faceparser.tsv")
+    assert own == reference_tsv("bisenet_faceparser.tsv")
 
 
 def test_logits_come_back_at_the_callers_size_and_are_differentiable():

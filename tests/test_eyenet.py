@@ -2,14 +2,13 @@ import torch
 
 from facekit.eyenet import EyeNet, crop_eyes, eye_boxes, soft_argmax2d
 from facekit.frozen import freeze
-from tests.expert_manifests import read_manifest
 
 
-def test_full_size_names_and_shapes_match_gazeestimator_pt():
+def test_full_size_names_and_shapes_match_gazeestimator_pt(reference_tsv):
     with torch.device("meta"):
         model = EyeNet()
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert own == read_manifest("eyenet_gaze.tsv")
+    assert own == reference_tsv("eyenet_gaze.tsv")
 
 
 def test_soft_argmax_finds_the_peak_as_row_col():
