@@ -1,0 +1,122 @@
+"""The teacher UNet matches the official DiffFace layout and loads official checkpoints safely."""
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facekit.errors import UserError
+from teacher.checkpoint import infer_unet_config, load_official, load_teacher, save_weights
+from teacher.unet import AttentionBlock, UNetConfig, UNetModel, count_parameters, load_unet_config, timestep_embedding
+
+REFERENCE = Path("/work/shared/reference")
+if not REFERENCE.is_dir():
+    REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny ops on 2 shared cores run far faster single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_manifest(name: str) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
+    lines = (REFERENCE / name).read_text().splitlines()
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    rows = [line.split("\t") for line in lines if line and not line.startswith("#")]
+    return header, [(row[0], tuple(int(d) for d in row[1].split("x"))) for row in rows]
+
+
+def layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def test_full_size_layout_matches_official_manifest():
+    _, expected = read_manifest("diffface_unet_256.tsv")
+    with torch.device("meta"):
+        model = UNetModel(load_unet_config("official_256"))
+    assert layout(model) == expected
+    assert count_parameters(model) == 554_388_998
+
+
+def test_small_config_inferred_from_its_manifest_matches_exactly():
+    header, expected = read_manifest("diffface_unet_small.tsv")
+    flags = ast.literal_eval(header[header.index("{"): header.index("}") + 1])
+    inferred = infer_unet_config(dict(expected), image_size=flags["image_size"])
+    config = UNetConfig.from_dict({**inferred.to_dict(), "num_head_channels": flags["num_head_channels"]})
+    assert config == load_unet_config("reference_small")
+    assert config.attention_resolutions == tuple(int(r) for r in flags["attention_resolutions"].split(","))
+    assert layout(UNetModel(config)) == expected
+
+
+def legacy_attention(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """guided-diffusion's QKVAttentionLegacy written out with einsum (heads split before q/k/v)."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, -1)
+    qkv = block.qkv(block.norm(flat))
+    ch = c // block.num_heads
+    q, k, v = qkv.reshape(b * block.num_heads, 3 * ch, -1).split(ch, dim=1)
+    scale = 1 / math.sqrt(math.sqrt(ch))
+    weight = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+    out = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
+    return (flat + block.proj_out(out)).reshape(b, c, h, w)
+
+
+def test_attention_matches_legacy_head_order():
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.2)  # zero-initialised otherwise: nothing to compare
+    x = torch.randn(2, 64, 4, 4)
+    assert torch.allclose(block(x), legacy_attention(block, x), atol=1e-5)
+
+
+def test_identity_conditioning_is_added_to_the_timestep_embedding():
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), num_head_channels=32)
+    model = UNetModel(config).eval()
+    for p in model.parameters():  # leave the zero-initialised output convs non-zero so outputs depend on input
+        torch.nn.init.normal_(p, std=0.05)
+    t = torch.tensor([10, 900])
+    identity = F.normalize(torch.randn(2, 512), dim=1)
+    emb = model.embed(t, identity)
+    expected = model.time_embed(timestep_embedding(t, 32)) + model.id_embed(identity)
+    assert torch.allclose(emb, expected)
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x, t, identity)
+    assert out.shape == (2, 6, 16, 16)  # eps and the variance interpolation (learned range)
+    assert not torch.allclose(out, model(x, t, identity.flip(0)), atol=1e-4)
+    # identity is its only other input: the same identity gives the same output per sample (no batch mixing)
+    assert torch.allclose(model(x[:1], t[:1], identity[:1]), out[:1], atol=1e-5)
+
+
+def test_official_checkpoint_loads_strictly_and_wrong_size_is_named(tmp_path):
+    torch.manual_seed(0)
+    config = load_unet_config("reference_small")
+    reference = UNetModel(config)
+    path = tmp_path / "Model.pt"
+    torch.save(reference.state_dict(), path)
+    loaded = load_official(path, config)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(UserError, match=r"looks like a UNet with 32 channels, channel_mult \(1, 2, 3, 4\).*your config says"):
+        load_official(path, load_unet_config("demo_64"))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "Model.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module: needs arbitrary unpickling
+    with pytest.raises(UserError, match="never pickled code"):
+        load_official(path, load_unet_config("reference_small"))
+
+
+def test_own_weights_roundtrip_with_config(tmp_path):
+    model = UNetModel(load_unet_config("demo_64"))
+    save_weights(model, tmp_path / "teacher.safetensors", {"fraction": 0.5})
+    loaded, metadata = load_teacher(tmp_path / "teacher.safetensors")
+    assert loaded.config == model.config and metadata["fraction"] == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
