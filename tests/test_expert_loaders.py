@@ -91,7 +91,7 @@ def test_pdparams_reproduces_mobilefaceswaps_forward(tmp_path):
     images = torch.rand(2, 3, 112, 112)
     z_ref, map_ref = _paddle_reference_forward(params, images, SMALL["blocks"])
     z, feature_map = model(images)
-    assert torch.allclose(feature_map, map_ref, atol=1e-4)
+    assert (feature_map - map_ref).abs().max() <= 1e-5 * map_ref.abs().max()
     assert torch.allclose(z, F.normalize(z_ref, dim=1), atol=1e-5)
 
 
