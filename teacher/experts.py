@@ -1,0 +1,100 @@
+"""The frozen facial experts as the teacher sees them, and the ONE place images change range.
+
+Diffusion images live in [-1, 1]; facekit experts take RGB in [0, 1] at any size (they resize and normalise
+themselves). Training (identity of x0 and x̂0) and sampling (guidance, mask, identity similarity) both go
+through `Experts`, so the preprocessing cannot drift between them (the official code's training fed ArcFace
+differently from its sampling).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from facekit.errors import UserError
+
+GazeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images [0,1], landmarks) -> (pitch, yaw) [B,2]
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1,1] diffusion space → [0,1] expert space (no clamp: guidance needs gradients everywhere)."""
+    return (x + 1) / 2
+
+
+def to_model(images: torch.Tensor) -> torch.Tensor:
+    """[0,1] images → [-1,1] diffusion space."""
+    return images * 2 - 1
+
+
+@dataclass
+class Experts:
+    """embedder: images → (L2-normalised embedding [B,512], feature map); parser: images → 19-class logits;
+    gaze: (images, landmarks) → gaze [B,2]. parser and gaze are optional (their guidance is then off)."""
+
+    embedder: nn.Module
+    parser: nn.Module | None = None
+    gaze: GazeFn | None = None
+
+    def identity(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity embedding of diffusion-space images."""
+        return self.embedder(to_unit(x))[0]
+
+    def parse(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parser is None:
+            raise UserError("semantic guidance / blending mask need a face parser: pass --parser FILE "
+                            "(BiSeNet FaceParser.pth) or --experts DIR, or set the semantic weight to 0")
+        return self.parser(to_unit(x))
+
+    def gaze_of(self, x: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        if self.gaze is None:
+            raise UserError("gaze guidance needs an eye-gaze expert: pass --gaze-model FILE (GazeEstimator.pt) "
+                            "or --experts DIR, or set the gaze weight to 0")
+        return self.gaze(to_unit(x), landmarks)
+
+
+def eyenet_gaze_fn(eyenet: nn.Module) -> GazeFn:
+    """Gaze of a face image as the mean (pitch, yaw) of its two eye crops (facekit's crop geometry;
+    `crop_eyes` stacks all left eyes, then all right eyes)."""
+    from facekit.eyenet import crop_eyes
+
+    def gaze(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        crops = crop_eyes(images, landmarks)
+        out = eyenet(crops)[1]
+        return out.reshape(2, images.shape[0], 2).mean(dim=0)
+
+    return gaze
+
+
+def load_experts(experts_dir: str | None = None, arcface: str | None = None, parser: str | None = None,
+                 gaze: str | None = None) -> Experts:
+    """Small trained experts from a directory (`facekit.small_experts`, the synthetic world's), and/or the
+    official weight files one by one (which override the directory's)."""
+    from facekit.frozen import freeze
+
+    embedder = parser_model = gaze_fn = None
+    if experts_dir:
+        if not Path(experts_dir).is_dir():
+            raise UserError(f"experts directory {experts_dir} not found: train them with `distilswap experts train`")
+        from facekit.small_experts import load_small_experts
+
+        embedder, parser_model, gaze_model = load_small_experts(experts_dir)
+        gaze_fn = eyenet_gaze_fn(freeze(gaze_model)) if gaze_model is not None else None
+    if arcface:
+        from facekit.checkpoints import load_arcface
+
+        embedder = load_arcface(arcface)
+    if parser:
+        from facekit.checkpoints import load_bisenet
+
+        parser_model = load_bisenet(parser)
+    if gaze:
+        from facekit.checkpoints import load_eyenet
+
+        gaze_fn = eyenet_gaze_fn(freeze(load_eyenet(gaze)))
+    if embedder is None:
+        raise UserError("the teacher needs an identity embedder: pass --experts DIR or --arcface FILE (Arcface.tar)")
+    return Experts(freeze(embedder), freeze(parser_model) if parser_model is not None else None, gaze_fn)
+
