@@ -1,0 +1,196 @@
+"""`distilswap export`: one checkpoint + one identity -> a verified directory of phone-ready files.
+
+Everything is written into a temporary directory next to the destination and moved into place only
+after `verify_export` passes, so a failed export never looks like a good one and never replaces one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.identity import resolve_source
+from export.metadata import artifact_metadata, set_onnx_metadata
+from export.verify import MANIFEST, REFERENCE, WEIGHT_PREFIX, Verification, verify_export, write_report
+from facekit.errors import UserError
+from student.checkpoint import file_sha256, load_student
+from student.model import MobileFaceSwap, check_identity_values
+
+FORMATS = ("onnx", "ort", "int8", "coreml")
+DEFAULT_FORMATS = ("onnx", "ort", "coreml")
+INT8_TARGET = 2 / 255  # the target for a trained student (mean abs error on real crops)
+INT8_BOUND = 8 / 255  # what verification enforces: catches broken quantization, also on random-init students
+INT8_EVAL_CROPS = 8
+REFERENCE_SEED = 1234
+MAC_CHECK = Path(__file__).with_name("mac_check.py")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise UserError(f"unknown export format(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    return names
+
+
+def safe_name(name: str) -> str:
+    """Identity names become file names: keep them portable."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    if not cleaned:
+        raise UserError(f"identity name {name!r} has no usable characters; pass --name")
+    return cleaned
+
+
+def check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; --out must be a directory to create")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it (only after the new export verifies)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {out.parent} ({err.strerror}); choose another --out") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"{out.parent} is not writable; choose another --out")
+
+
+def export_artifacts(
+    checkpoint: str | Path,
+    source: str | Path,
+    out: str | Path,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    name: str | None = None,
+    force: bool = False,
+    calibration: str | Path | None = None,
+    resolution: int | None = None,
+) -> Verification:
+    out = Path(out)
+    check_destination(out, force)
+    if "int8" in formats and calibration is None:
+        raise UserError("int8 needs real face crops to calibrate on: pass --calibration DIR (a folder of images)")
+    model = load_student(checkpoint)
+    resolution = resolution or model.config.resolution
+    if resolution % 32:
+        raise UserError(f"--resolution must be a multiple of 32, got {resolution}")
+    source_name, embedding, feature_map = resolve_source(source, model.config.identity_dim)
+    identity = safe_name(name or source_name)
+    check_identity_values(embedding, feature_map)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the export's permissions
+    try:
+        write_artifacts(staging, model, embedding, feature_map, identity, file_sha256(checkpoint), resolution, formats, calibration)
+        result = verify_export(staging)
+        write_report(result, staging)
+        if not result.ok:
+            first = "; ".join(f"{c.artifact}: {c.check} {c.note or c.value}" for c in result.failures[:3])
+            raise UserError(f"export failed verification ({first}); nothing was written to {out}")
+        _move_into_place(staging, out)
+        result.directory = str(out)
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_artifacts(
+    directory: Path,
+    model: MobileFaceSwap,
+    embedding: torch.Tensor,
+    feature_map: torch.Tensor,
+    identity: str,
+    checkpoint_sha256: str,
+    resolution: int,
+    formats: Sequence[str],
+    calibration: str | Path | None,
+) -> dict[str, dict]:
+    from export import onnx_export
+
+    model.eval()
+    net = model.bake(embedding, feature_map)
+    meta = lambda kind, who=identity, **extra: artifact_metadata(checkpoint_sha256, who, resolution, {"artifact": kind, **extra})  # noqa: E731
+    baked = f"swapper_{identity}.onnx"
+    steps = ["injector", "dynamic", "baked"] + [f for f in ("ort", "int8", "coreml") if f in formats]
+    artifacts: dict[str, dict] = {}
+    reference = _reference(model, net, embedding, feature_map, resolution)
+    for step in tqdm(steps, desc="export", unit="artifact"):
+        if step == "injector":
+            onnx_export.export_injector(model, directory / "injector.onnx", meta("injector", "(input)"))
+            artifacts["injector.onnx"] = {"kind": "injector"}
+        elif step == "dynamic":
+            onnx_export.export_dynamic(model, directory / "swapper_dynamic.onnx", meta("swapper_dynamic", "(input)"))
+            artifacts["swapper_dynamic.onnx"] = {"kind": "swapper_dynamic"}
+        elif step == "baked":
+            onnx_export.export_baked(net, directory / baked, meta("swapper_baked"), resolution)
+            artifacts[baked] = {"kind": "swapper_baked"}
+        elif step == "ort":
+            from export.quantize import ORT_LEVEL, to_ort_format
+
+            to_ort_format(directory / baked, directory / f"swapper_{identity}.ort")
+            artifacts[f"swapper_{identity}.ort"] = {"kind": "swapper_ort", "optimization": ORT_LEVEL}
+        elif step == "int8":
+            artifacts.update(_int8(directory, baked, net, identity, calibration, resolution, reference, meta))
+        elif step == "coreml":
+            artifacts.update(_coreml(directory, net, identity, resolution, meta))
+    np.savez(directory / REFERENCE, **reference)
+    manifest = {"identity": identity, "resolution": resolution, "checkpoint_sha256": checkpoint_sha256, "artifacts": artifacts}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return artifacts
+
+
+def _reference(model, net, embedding, feature_map, resolution) -> dict[str, np.ndarray]:
+    """Fixed inputs and PyTorch's outputs on them: what every artifact is checked against."""
+    generator = torch.Generator().manual_seed(REFERENCE_SEED)
+    # 8-bit pixels, so a Core ML image input on a Mac sees exactly this target
+    target = torch.randint(0, 256, (1, 3, resolution, resolution), generator=generator).float() / 255.0
+    with torch.no_grad():
+        image, mask = net(target)
+        weights = model.identity_weights(embedding, feature_map)
+    reference = {"target": target, "embedding": embedding, "feature_map": feature_map, "image": image, "mask": mask}
+    reference.update({WEIGHT_PREFIX + k: v[0] for k, v in weights.items()})
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in reference.items()}
+
+
+def _int8(directory, baked, net, identity, calibration, resolution, reference, meta) -> dict[str, dict]:
+    from export.quantize import calibration_crops, quantize_int8
+
+    crops = calibration_crops(calibration, resolution)
+    name = f"swapper_{identity}_int8.onnx"
+    quantize_int8(directory / baked, directory / name, crops)
+    note = f"calibrated on {len(crops)} images of {Path(calibration).resolve()}; error on {min(len(crops), INT8_EVAL_CROPS)} of them"
+    set_onnx_metadata(directory / name, meta("swapper_int8", calibration=note, int8_target=f"{INT8_TARGET:.5f}"))
+    evaluation = torch.from_numpy(crops[:INT8_EVAL_CROPS])
+    with torch.no_grad():
+        expected = torch.cat([net(crop[None])[0] for crop in evaluation])
+    reference["int8_crops"] = evaluation.numpy()
+    reference["int8_expected"] = expected.numpy()
+    return {name: {"kind": "swapper_int8", "bound": INT8_BOUND, "target": INT8_TARGET, "note": note}}
+
+
+def _coreml(directory, net, identity, resolution, meta) -> dict[str, dict]:
+    from export.coreml_export import export_coreml, palettize
+
+    full, small = f"swapper_{identity}.mlpackage", f"swapper_{identity}_palettized.mlpackage"
+    model = export_coreml(net, directory / full, meta("coreml"), resolution)
+    palettize(model, directory / small, meta("coreml_palettized"))
+    shutil.copyfile(MAC_CHECK, directory / MAC_CHECK.name)
+    return {full: {"kind": "coreml"}, small: {"kind": "coreml"}, MAC_CHECK.name: {"kind": "file"}}
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """The old export (with --force) is only removed once the new one is in place."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, retired / out.name)
+    os.replace(staging, out)
+    shutil.rmtree(retired, ignore_errors=True)

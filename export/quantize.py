@@ -1,0 +1,83 @@
+"""Mobile variants of the baked ONNX swapper: ONNX Runtime's `.ort` format and static int8 (QDQ).
+
+int8 is calibrated on real face crops: activation ranges measured on random noise would not match
+what the phone sees. The calibration set is recorded in the artifact's metadata.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from facekit.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ORT_LEVEL = "extended"  # ENABLE_ALL adds layout changes specific to this CPU: not portable to phones
+
+
+def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -> np.ndarray:
+    """Up to `limit` images of a folder (recursive, sorted), centre-cropped and resized: [N,3,R,R] in [0,1]."""
+    from PIL import Image
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: calibration folder not found (pass --calibration DIR with face crops)")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise UserError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate int8 on")
+    crops = []
+    for path in files:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
+            crops.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    return np.stack(crops)
+
+
+def to_ort_format(onnx_path: str | Path, ort_path: str | Path, level: str = ORT_LEVEL) -> Path:
+    """Optimise once and save in ORT's flatbuffer format (what the minimal mobile runtime loads)."""
+    from export.onnx_export import ort_session, session_options
+
+    options = session_options(level)
+    options.optimized_model_filepath = str(ort_path)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort_session(onnx_path, options=options)
+    return Path(ort_path)
+
+
+class _Crops:
+    """onnxruntime.quantization's CalibrationDataReader protocol over an array of crops."""
+
+    def __init__(self, crops: np.ndarray):
+        self._items: Iterator[np.ndarray] = iter(crops)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        crop = next(self._items, None)
+        return None if crop is None else {"target": crop[None].astype(np.float32)}
+
+
+def quantize_int8(onnx_path: str | Path, out_path: str | Path, crops: np.ndarray) -> Path:
+    """Static QDQ int8: per-channel weights (depthwise kernels differ per channel), uint8 activations."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Crops(crops),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return out_path
