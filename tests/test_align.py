@@ -1,0 +1,79 @@
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from facekit.align import (
+    ARCFACE_TEMPLATE_112, align_faces, estimate_transform, paste_back, soft_paste_mask, template_points,
+    transform_points, warp_face,
+)
+from facekit.errors import UserError
+
+
+def _rotated_landmarks(angle_deg: float, scale: float, shift) -> tuple[np.ndarray, np.ndarray]:
+    """Template points placed into a frame by a known similarity; returns (points, frame->crop matrix)."""
+    theta = np.deg2rad(angle_deg)
+    rot = scale * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    points = ARCFACE_TEMPLATE_112 @ rot.T + np.asarray(shift)
+    to_frame = np.hstack([rot, np.asarray(shift, float)[:, None]])
+    return points, cv2.invertAffineTransform(to_frame)
+
+
+@pytest.mark.parametrize("mode", ["similarity", "affine"])
+def test_transform_recovers_a_known_pose(mode):
+    points, expected = _rotated_landmarks(17.0, 2.5, (300.0, 120.0))
+    matrix = estimate_transform(points, 112, mode)
+    assert np.allclose(matrix, expected, atol=1e-6)
+    assert np.allclose(transform_points(points, matrix), ARCFACE_TEMPLATE_112, atol=1e-6)
+
+
+def test_224_is_template_times_two_and_ffhq_is_looser_and_centred():
+    assert np.allclose(template_points(224), ARCFACE_TEMPLATE_112 * 2)
+    ffhq = template_points(256, "ffhq")
+    eye_distance_ffhq = ffhq[1, 0] - ffhq[0, 0]
+    eye_distance_arcface = template_points(256)[1, 0] - template_points(256)[0, 0]
+    assert eye_distance_ffhq < eye_distance_arcface  # more context around the face
+    assert abs(ffhq[:, 0].mean() - 128) < 2 and 90 < ffhq[:2, 1].mean() < 128
+
+
+def test_warp_then_paste_back_restores_the_face_and_leaves_the_rest_untouched():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    frame = cv2.GaussianBlur(frame, (0, 0), 3)  # smooth content, so resampling error stays small
+    points, _ = _rotated_landmarks(-8.0, 1.4, (110.0, 40.0))
+    matrix = estimate_transform(points, 224)
+    crop = warp_face(frame, matrix, 224)
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    swapped = np.full_like(crop, 200)
+    mask = np.zeros((224, 224), np.float32)
+    mask[60:170, 60:170] = 1.0
+    out = paste_back(frame, swapped, matrix, mask, erode=4, blur=4, border_fade=10)
+    centre = transform_points(np.array([[112.0, 112.0]]), cv2.invertAffineTransform(matrix))[0].round().astype(int)
+    assert np.all(out[centre[1], centre[0]] == 200)
+    far = np.ones(frame.shape[:2], bool)
+    far[:200, 60:250] = False
+    assert np.array_equal(out[far], frame[far])  # outside the pasted region: byte-identical
+    restored = paste_back(frame, crop, matrix, np.ones((224, 224), np.float32), erode=0, blur=0, border_fade=0)
+    inside = transform_points(template_points(224), cv2.invertAffineTransform(matrix)).round().astype(int)
+    assert np.abs(restored[inside[:, 1], inside[:, 0]].astype(int) - frame[inside[:, 1], inside[:, 0]]).max() <= 3
+
+
+def test_soft_mask_fades_to_zero_at_the_crop_border():
+    alpha = soft_paste_mask(np.ones((64, 64)), erode=0, blur=0, border_fade=10)
+    assert alpha[0].max() == 0 and alpha[:, -1].max() == 0 and alpha[32, 32] == 1
+    assert 0 < alpha[32, 5] < 1
+
+
+def test_multi_face_selection_and_errors():
+    frame = np.zeros((200, 400, 3), np.uint8)
+    faces = [SimpleNamespace(landmarks5=_rotated_landmarks(0, 1.0, (x, 40.0))[0]) for x in (10.0, 250.0)]
+    assert len(align_faces(frame, faces, 112)) == 2
+    (crop, matrix), = align_faces(frame, faces, 112, index=1)
+    assert np.allclose(transform_points(faces[1].landmarks5, matrix), ARCFACE_TEMPLATE_112, atol=1e-6)
+    with pytest.raises(UserError, match="index 2"):
+        align_faces(frame, faces, 112, index=2)
+    with pytest.raises(UserError, match="no face"):
+        align_faces(frame, [], 112)
+    with pytest.raises(UserError, match="5 finite"):
+        estimate_transform(np.zeros((4, 2)), 112)
