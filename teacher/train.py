@@ -1,0 +1,260 @@
+"""Training the identity-conditional teacher (DiffFace Algorithm 1).
+
+loss = ‖ε − ε̂‖² + VLB (learned sigma, guided-diffusion's hybrid loss) + λ·(1 − cos(D_I(x0), D_I(x̂0))),
+conditioned on D_I(x0), the identity of the clean image itself. One script for one CPU and for torchrun
+(DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
+
+Run layout (`out/`):
+  checkpoints/step_NNNNNNN.{model,ema}.safetensors + .state.pt  optimizer, step, RNG states (weights_only-safe)
+  checkpoints/latest.json                                       the newest complete checkpoint (written last)
+  snapshots/step_NNNNNNN.safetensors                             EMA weights at the configured fractions
+  tb/                                                            TensorBoard scalars and image grids
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from facekit.errors import UserError
+
+from .checkpoint import _fsync_replace, read_metadata, save_weights
+from .data import FaceSource
+from .diffusion import GaussianDiffusion
+from .experts import Experts, load_experts, to_model
+from .unet import UNetModel, load_unet_config
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/teacher"
+    unet: str = "demo_64"  # UNet preset name or YAML file
+    data: str = "synthetic"  # 'synthetic' (rendered on the fly) or a folder data set
+    experts: str | None = None  # small experts directory (synthetic world)
+    arcface: str | None = None  # or the official Arcface.tar
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    ema_rate: float = 0.999
+    lambda_id: float = 1.0  # on (1 − cos); the paper's λ=0.5 on ‖v − v̂‖² (= 2(1 − cos))
+    schedule: str = "linear"
+    diffusion_steps: int = 1000
+    precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16
+    grad_checkpoint: bool = False
+    snapshot_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    image_every: int = 100
+    seed: int = 0
+    extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["snapshot_fractions"] = list(self.snapshot_fractions)
+        return data
+
+
+def load_train_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    if path and not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of training settings")
+    data = dict(data or {})
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    if set(data) - known:
+        raise UserError(f"unknown training settings {sorted(set(data) - known)}; known: {sorted(known)}")
+    if "snapshot_fractions" in data:
+        data["snapshot_fractions"] = tuple(float(f) for f in data["snapshot_fractions"])
+        if not all(0 < f <= 1 for f in data["snapshot_fractions"]):
+            raise UserError("snapshot_fractions must lie in (0, 1]")
+    return TrainConfig(**data)
+
+
+def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]:
+    """Training step → fraction of training completed, for each kept snapshot."""
+    return {max(1, round(f * total)): f for f in fractions}
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warm-up so short runs get a useful EMA."""
+
+    def __init__(self, model: torch.nn.Module, rate: float):
+        self.rate = rate
+        self.model = UNetModel(model.config)
+        self.model.load_state_dict(model.state_dict())
+        self.model.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        rate = min(self.rate, (1 + step) / (10 + step))
+        for ema, p in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(p.detach().float(), 1 - rate)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def train(config: TrainConfig, experts: Experts | None = None, stop_after: int | None = None) -> Path:
+    """Train (or resume) to `config.steps`; `stop_after` ends this process early (tests, time slicing)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(config.out)
+    experts = experts or load_experts(config.experts, arcface=config.arcface)
+    experts.embedder.to(device)
+    unet_config = load_unet_config(config.unet)
+    unet_config = type(unet_config).from_dict({**unet_config.to_dict(), **config.extra_unet,
+                                               "use_checkpoint": config.grad_checkpoint})
+    torch.manual_seed(config.seed)
+    model = UNetModel(unet_config).to(device)
+    ema = EMA(model, config.ema_rate)
+    ema.model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
+    faces = FaceSource(config.data, unet_config.image_size)
+    data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    step = _resume(out, model, ema, optimizer, data_rng, rank, device)
+    if step == 0:
+        torch.manual_seed(config.seed * 1000 + rank)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = _autocast_dtype(config.precision, device)
+    snapshots = snapshot_steps(config.steps, config.snapshot_fractions)
+    writer = _writer(out) if rank == 0 else None
+    last = config.steps if stop_after is None else min(config.steps, step + stop_after)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, desc="teacher train", unit="step", disable=rank != 0)
+    model.train()
+    while step < last:
+        seed = (config.seed * 1_000_003 + step) * world + rank
+        x0 = to_model(faces.batch(config.batch_size, seed, data_rng)).to(device)
+        terms = _losses(wrapped, diffusion, experts, x0, config, autocast)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        ema.update(model, step)
+        step += 1
+        bar.update(1)
+        if rank == 0:
+            scalars = {k: float(v.detach()) for k, v in terms.items() if v.dim() == 0}
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if step % config.log_every == 0 or step == last:
+                for name, value in {**scalars, "grad_norm": float(grad_norm)}.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+            if step % config.image_every == 0 or step == config.steps:
+                _log_images(writer, x0, terms["pred_xstart"], step)
+            if step in snapshots:
+                save_weights(ema.model, out / "snapshots" / f"step_{step:07d}.safetensors",
+                             {"step": step, "fraction": snapshots[step], "snapshot_id": f"step_{step:07d}",
+                              "total_steps": config.steps})
+            if step % config.checkpoint_every == 0 or step == last:
+                _save_checkpoint(out, model, ema, optimizer, data_rng, step, config)
+    bar.close()
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, x0: torch.Tensor,
+            config: TrainConfig, autocast: torch.dtype | None) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        identity = experts.identity(x0)
+    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = diffusion.q_sample(x0, t, noise)
+    with torch.autocast(x0.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        output = diffusion.run_model(model, x_t, t, identity)
+    terms = diffusion.training_losses(output, x0, x_t, t, noise)
+    loss = terms["mse"] + terms.get("vb", torch.zeros_like(terms["mse"]))
+    if config.lambda_id:
+        cos = (experts.identity(terms["pred_xstart"].clamp(-1, 1)) * identity).sum(dim=1)
+        terms["id"] = 1 - cos
+        loss = loss + config.lambda_id * terms["id"]
+    terms["loss"] = loss
+    return {k: (v.mean() if k != "pred_xstart" else v) for k, v in terms.items()}
+
+
+def _writer(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tb"))
+
+
+def _log_images(writer, x0: torch.Tensor, pred_xstart: torch.Tensor, step: int) -> None:
+    """Clean faces above the model's one-step x̂0 for them (random t): a cheap look at what it learnt."""
+    from torchvision.utils import make_grid
+
+    n = min(8, x0.shape[0])
+    grid = make_grid(torch.cat([x0[:n], pred_xstart[:n].detach().float().clamp(-1, 1)]), nrow=n)
+    writer.add_image("train/x0_and_pred_x0", (grid + 1) / 2, step)
+
+
+def _checkpoint_paths(out: Path, step: int) -> dict[str, Path]:
+    stem = out / "checkpoints" / f"step_{step:07d}"
+    return {"model": stem.with_suffix(".model.safetensors"), "ema": stem.with_suffix(".ema.safetensors"),
+            "state": stem.with_suffix(".state.pt")}
+
+
+def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer,
+                     data_rng: torch.Generator, step: int, config: TrainConfig) -> None:
+    paths = _checkpoint_paths(out, step)
+    save_weights(model, paths["model"], {"step": step})
+    save_weights(ema.model, paths["ema"], {"step": step, "fraction": step / config.steps})
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "rng_data": data_rng.get_state(), "config": json.dumps(config.to_dict())}
+    tmp = paths["state"].with_name(paths["state"].name + ".tmp")
+    torch.save(state, tmp)
+    _fsync_replace(tmp, paths["state"])
+    latest = out / "checkpoints" / "latest.json"
+    tmp = latest.with_name("latest.json.tmp")
+    tmp.write_text(json.dumps({"step": step}))
+    _fsync_replace(tmp, latest)
+    kept = sorted((out / "checkpoints").glob("step_*.state.pt"))[:-config.keep_checkpoints]
+    for old in kept:
+        for path in _checkpoint_paths(out, int(old.name.split(".")[0][5:])).values():
+            path.unlink(missing_ok=True)
+
+
+def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
+            rank: int, device: torch.device) -> int:
+    latest = out / "checkpoints" / "latest.json"
+    if not latest.is_file():
+        return 0
+    step = json.loads(latest.read_text())["step"]
+    paths = _checkpoint_paths(out, step)
+    saved = read_metadata(paths["model"])["unet_config"]
+    if saved != model.config.to_dict() | {"use_checkpoint": saved["use_checkpoint"]}:
+        raise UserError(f"{out} holds a run of a different UNet ({saved}); use another --out or the same --unet")
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(paths["model"]), device=str(device)))
+    ema.model.load_state_dict(load_file(str(paths["ema"]), device=str(device)))
+    state = torch.load(paths["state"], map_location=device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    data_rng.set_state(state["rng_data"].cpu())
+    if rank:  # every rank resumes from rank 0's files; give each its own stream again
+        torch.manual_seed(int(torch.randint(2**31, (1,)).item()) + rank)
+    return step

@@ -1,0 +1,82 @@
+"""Teacher training: the hybrid + identity loss trains, checkpoints resume exactly, snapshots are kept."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facekit.errors import UserError
+from teacher.checkpoint import load_teacher
+from teacher.train import load_train_config, snapshot_steps, train
+from teacher_tiny import TINY_UNET, tiny_experts
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(tmp_path, name, **overrides):
+    unet = tmp_path / "unet.json"  # JSON is YAML
+    unet.write_text(json.dumps(TINY_UNET.to_dict()))
+    settings = dict(out=str(tmp_path / name), unet=str(unet.with_suffix(".json")), steps=4, batch_size=2,
+                    checkpoint_every=2, log_every=1, image_every=2, snapshot_fractions=[0.5, 1.0], lr=1e-3)
+    settings.update(overrides)
+    return load_train_config(None, settings)
+
+
+def test_resume_is_exact_and_snapshots_record_their_fraction(tmp_path):
+    experts = tiny_experts()
+    straight = train(config(tmp_path, "straight"), experts)
+    interrupted = config(tmp_path, "resumed")
+    train(interrupted, experts, stop_after=2)
+    assert json.loads((tmp_path / "resumed/checkpoints/latest.json").read_text())["step"] == 2
+    train(interrupted, experts)
+    for kind in ("model", "ema"):
+        a = load_file(str(straight / f"checkpoints/step_0000004.{kind}.safetensors"))
+        b = load_file(str(tmp_path / f"resumed/checkpoints/step_0000004.{kind}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    snapshots = sorted((straight / "snapshots").glob("*.safetensors"))
+    assert [p.name for p in snapshots] == ["step_0000002.safetensors", "step_0000004.safetensors"]
+    model, meta = load_teacher(snapshots[0])
+    assert meta["fraction"] == 0.5 and meta["snapshot_id"] == "step_0000002" and model.config == TINY_UNET
+    assert list((straight / "tb").iterdir())  # TensorBoard event file
+
+
+def test_loss_goes_down_with_identity_term(tmp_path):
+    from teacher.train import _losses
+    from teacher.diffusion import GaussianDiffusion
+    from teacher.data import synthetic_faces
+    from teacher.experts import to_model
+    from teacher_tiny import tiny_unet
+
+    experts = tiny_experts()
+    model = tiny_unet().train()
+    diffusion = GaussianDiffusion.create("linear", 1000)
+    x0 = to_model(synthetic_faces(4, 0, 32)["image"])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    cfg = config(tmp_path, "unused")
+    losses = []
+    for i in range(12):
+        torch.manual_seed(i % 3)
+        terms = _losses(model, diffusion, experts, x0, cfg, None)
+        assert {"mse", "vb", "id", "loss"} <= set(terms)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(float(terms["loss"].detach()))
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_snapshot_steps_and_bad_settings(tmp_path):
+    assert snapshot_steps(1000, (0.1, 0.25, 0.5, 0.75, 1.0)) == {100: 0.1, 250: 0.25, 500: 0.5, 750: 0.75, 1000: 1.0}
+    with pytest.raises(UserError, match="unknown training settings"):
+        load_train_config(None, {"stepz": 3})
+    cfg = config(tmp_path, "other")
+    train(cfg, tiny_experts(), stop_after=1)
+    bigger = config(tmp_path, "other", extra_unet={"model_channels": 64})
+    with pytest.raises(UserError, match="different UNet"):
+        train(bigger, tiny_experts())
