@@ -1,0 +1,324 @@
+"""The paired data set the student learns from: format (writer + reader) and its generation.
+
+FORMAT (version 1), the contract between teachers and distillation; any teacher may write it:
+
+    ROOT/manifest.json            {"format": "distilswap-pairs", "version": 1, "image_size": S,
+                                   "total_pairs": N, "shard_size": K, "num_shards": ceil(N/K), "seed": ...,
+                                   "teacher": {"kind": ..., "snapshots": [{"id", "fraction"}, ...]},
+                                   "sampling": {...teacher settings...}}
+    ROOT/progress/rank-RRRRR.json {"shards": {"shard-000000": {"pairs": n, "dropped": [{"pair": i, "reason"}]}}}
+                                   the finished shards, as recorded by the process (rank) that wrote them
+    ROOT/shards/shard-NNNNNN.safetensors, one per shard, tensors with a leading pair dimension n ≤ K:
+        source, target, swap   uint8 [n,3,S,S]  RGB; source/target are aligned face crops, swap the teacher's
+        mask                   uint8 [n,1,S,S]  1 where the swap may differ from the target (blend mask)
+        id_similarity          float32 [n]      cos(D_I(source), D_I(swap))
+        fraction               float32 [n]      training fraction of the teacher snapshot that made the swap
+        snapshot               int64 [n]        index into manifest["teacher"]["snapshots"]
+        pair_index             int64 [n]        global pair number (0..N-1): no pair appears twice
+      metadata: "manifest" (the manifest JSON, so a shard is self-describing).
+
+A shard only counts once it is listed in a progress file; it is written to a temporary name, fsynced and
+renamed, so a killed or out-of-space run leaves no half-written shard, and a rerun with the same settings
+regenerates exactly the missing shards (every shard is a pure function of the seed and its index).
+Shards are spread over torchrun ranks by index (shard k belongs to rank k mod WORLD_SIZE).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from facekit.errors import UserError
+
+from .checkpoint import _fsync_replace
+
+FORMAT = "distilswap-pairs"
+VERSION = 1
+IMAGE_KEYS = ("source", "target", "swap", "mask")
+log = logging.getLogger(__name__)
+
+
+# --- format -----------------------------------------------------------------------------------------
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    _fsync_replace(tmp, path)
+
+
+def write_shard(root: Path, index: int, pairs: dict[str, torch.Tensor], manifest: dict, writer: str = "") -> Path:
+    """Atomically write one shard; images as float [0,1] or uint8. Raises UserError on a full disk.
+    `writer` names the temporary file, so a restarted writer can clear its own leftovers."""
+    path = Path(root) / "shards" / f"{shard_name(index)}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: _to_uint8(v) if k in IMAGE_KEYS else v.contiguous() for k, v in pairs.items()}
+    tmp = path.with_name(path.name + f".tmp-{writer or os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+        _fsync_replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path.name} ({err.strerror or err}); free space and rerun the same "
+                        "command to resume (finished shards are kept)") from None
+    return path
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.contiguous()
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{root} is not a pairs data set (no manifest.json): create one with `distilswap pairs generate`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise UserError(f"{path}: not a {FORMAT} v{VERSION} manifest")
+    return manifest
+
+
+def finished_shards(root: str | Path) -> dict[str, dict]:
+    """Shards listed as finished by any rank (and present on disk)."""
+    done = {}
+    for progress in sorted((Path(root) / "progress").glob("rank-*.json")):
+        for name, info in json.loads(progress.read_text())["shards"].items():
+            if (Path(root) / "shards" / f"{name}.safetensors").is_file():
+                done[name] = info
+    return done
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """All finished pairs of a data set. Item: source/target/swap float [3,S,S] in [0,1], mask [1,S,S],
+    id_similarity, fraction (floats), snapshot, pair_index (ints)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = read_manifest(root)
+        self.shards = sorted(finished_shards(root))
+        self.index = []
+        for name in self.shards:
+            with safe_open(str(self._path(name)), "pt") as f:
+                count = f.get_slice("pair_index").get_shape()[0]
+            self.index += [(name, i) for i in range(count)]
+        self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
+
+    def _path(self, name: str) -> Path:
+        return self.root / "shards" / f"{name}.safetensors"
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        name, row = self.index[item]
+        if self._cache is None or self._cache[0] != name:  # shards are read whole: sequential access is cheap
+            with safe_open(str(self._path(name)), "pt") as f:
+                self._cache = (name, {k: f.get_tensor(k) for k in f.keys()})
+        data = self._cache[1]
+        return {k: (v[row].float() / 255 if k in IMAGE_KEYS else v[row]) for k, v in data.items()}
+
+
+# --- teachers -----------------------------------------------------------------------------------------
+@dataclass
+class PairJob:
+    """The inputs of one shard: faces in [0,1] and, for the synthetic world, the ground-truth swap."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    target_landmarks: torch.Tensor
+    truth: torch.Tensor | None = None
+    truth_mask: torch.Tensor | None = None
+
+
+class Teacher(Protocol):
+    kind: str
+    snapshots: list[dict]  # [{"id": str, "fraction": float}]
+
+    def settings(self) -> dict: ...
+
+    def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(swap [B,3,S,S] in [0,1], mask [B,1,S,S], valid [B] bool)."""
+
+
+def synthetic_job(seed: int, count: int, size: int) -> PairJob:
+    """count (source, target) pairs of different synthetic people, with the true swap."""
+    from facekit import synthetic
+
+    src_ids = synthetic.sample_identities(count, seed)
+    tgt_ids = synthetic.sample_identities(count, seed + 1)
+    src = synthetic.render_batch(src_ids, synthetic.sample_attributes(count, seed + 2),
+                                 synthetic.match_neck(synthetic.sample_contexts(count, seed + 3), src_ids), size)
+    tgt_attrs, tgt_ctx = synthetic.sample_attributes(count, seed + 4), synthetic.sample_contexts(count, seed + 5)
+    tgt = synthetic.render_batch(tgt_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
+    # The target keeps its own neck: the truth is the source's face on the target's neck.
+    truth = synthetic.swap_truth(src_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
+    mask = (truth["face_mask"] | tgt["face_mask"])[:, None].float()
+    return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask)
+
+
+class OracleTeacher:
+    """The synthetic world's ground truth, degraded per snapshot in proportion to (1 − fraction): the face
+    region is mixed toward the target's identity (×0.6) and blurred (σ up to 2 px at 64²), so outputs of
+    "earlier snapshots" are measurably worse, as a real teacher's are, and the quality regressor can learn it."""
+
+    kind = "oracle"
+
+    def __init__(self, fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)):
+        self.snapshots = [{"id": f"oracle@{f:g}", "fraction": float(f)} for f in fractions]
+
+    def settings(self) -> dict:
+        return {"degradation": "mix toward target 0.6*(1-f), gaussian blur sigma 2*(1-f)*S/64"}
+
+    def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if job.truth is None:
+            raise UserError("the oracle teacher needs the synthetic world (its ground-truth swaps)")
+        degrade = 1 - self.snapshots[snapshot]["fraction"]
+        face = job.truth * (1 - 0.6 * degrade) + job.target * 0.6 * degrade
+        face = _blur(face, 2 * degrade * face.shape[-1] / 64)
+        swap = job.target * (1 - job.truth_mask) + face * job.truth_mask
+        return swap, job.truth_mask, torch.ones(swap.shape[0], dtype=torch.bool)
+
+
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.05:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    padded = torch.nn.functional.pad(images, (radius,) * 4, mode="replicate")
+    out = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+class DiffusionTeacher:
+    """DiffFace guided sampling with one or more teacher snapshots (one snapshot per shard, round robin)."""
+
+    kind = "diffface"
+
+    def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu"):
+        from .checkpoint import load_teacher
+
+        self.models, self.snapshots = [], []
+        for path in snapshot_paths:
+            model, meta = load_teacher(path, device)
+            self.models.append(model)
+            self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
+                                   "fraction": float(meta.get("fraction", 1.0))})
+        self.experts, self.config, self.device = experts, swap_config, device
+
+    def settings(self) -> dict:
+        return self.config.to_dict()
+
+    def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from .experts import to_model
+        from .sampling import guided_swap
+
+        result = guided_swap(self.models[snapshot], self.experts, to_model(job.source).to(self.device),
+                             to_model(job.target).to(self.device), self.config,
+                             landmarks=job.target_landmarks.to(self.device), generator=generator)
+        return (result.swap.cpu() + 1) / 2, result.mask.cpu(), result.valid.cpu()
+
+
+# --- generation ---------------------------------------------------------------------------------------
+def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shard_size: int = 64,
+                   image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
+    """Write (or finish writing) `total` pairs under root; returns {"written", "dropped", "shards"} for
+    this rank. Safe to kill at any moment and rerun."""
+    root = Path(root)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    num_shards = math.ceil(total / shard_size)
+    manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "total_pairs": total,
+                "shard_size": shard_size, "num_shards": num_shards, "seed": seed,
+                "teacher": {"kind": teacher.kind, "snapshots": teacher.snapshots}, "sampling": teacher.settings()}
+    _claim(root, manifest)
+    progress_path = root / "progress" / f"rank-{rank:05d}.json"
+    mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
+    writer = f"rank{rank:05d}"
+    for stale in (root / "shards").glob(f"*.tmp-{writer}"):  # a write this rank was killed in
+        stale.unlink(missing_ok=True)
+    done = finished_shards(root)
+    todo = [k for k in range(num_shards) if k % world == rank and shard_name(k) not in done]
+    own_total = sum(min(shard_size, total - k * shard_size) for k in range(num_shards) if k % world == rank)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=own_total, initial=own_total - sum(min(shard_size, total - k * shard_size) for k in todo),
+               desc=f"pairs (rank {rank})", unit="pair", disable=not progress)
+    written = dropped = 0
+    for k in todo:
+        count = min(shard_size, total - k * shard_size)
+        shard_seed = seed * 1_000_003 + k * 7919
+        job = synthetic_job(shard_seed, count, image_size)
+        snapshot = k % len(teacher.snapshots) if teacher.kind != "oracle" else None
+        pairs, drops = _make_shard(teacher, experts, job, k, shard_size, snapshot, torch.Generator().manual_seed(shard_seed))
+        for drop in drops:
+            log.warning("pair %d dropped: %s", drop["pair"], drop["reason"])
+        write_shard(root, k, pairs, manifest, writer)
+        mine["shards"][shard_name(k)] = {"pairs": int(pairs["pair_index"].numel()), "dropped": drops}
+        _write_json(progress_path, mine)
+        written += int(pairs["pair_index"].numel())
+        dropped += len(drops)
+        bar.update(count)
+    bar.close()
+    return {"written": written, "dropped": dropped, "shards": len(todo)}
+
+
+def _make_shard(teacher: Teacher, experts, job: PairJob, k: int, shard_size: int, snapshot: int | None,
+                generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Run the teacher on one shard's pairs. The oracle's snapshots cycle per pair (all fractions in every
+    shard); a diffusion teacher uses one snapshot per shard (one model per batch)."""
+    from .experts import to_model
+    from .sampling import identity_similarity
+
+    count = job.source.shape[0]
+    if snapshot is None:
+        snap = torch.arange(count) % len(teacher.snapshots)
+        swap = torch.empty_like(job.target)
+        mask = torch.empty_like(job.target[:, :1])
+        valid = torch.ones(count, dtype=torch.bool)
+        for s in snap.unique().tolist():
+            rows = snap == s
+            sub = PairJob(job.source[rows], job.target[rows], job.target_landmarks[rows], job.truth[rows], job.truth_mask[rows])
+            swap[rows], mask[rows], valid[rows] = teacher.swap(sub, s, generator)
+    else:
+        snap = torch.full((count,), snapshot)
+        swap, mask, valid = teacher.swap(job, snapshot, generator)
+    valid &= torch.isfinite(swap).flatten(1).all(dim=1)
+    keep = valid.nonzero().flatten()
+    drops = [{"pair": k * shard_size + i, "reason": "non-finite teacher output (NaN/inf in sampling)"}
+             for i in (~valid).nonzero().flatten().tolist()]
+    device = next(experts.embedder.parameters()).device
+    similarity = identity_similarity(experts, to_model(job.source[keep]).to(device), to_model(swap[keep]).to(device))
+    fractions = torch.tensor([teacher.snapshots[s]["fraction"] for s in snap.tolist()], dtype=torch.float32)
+    return {"source": job.source[keep], "target": job.target[keep], "swap": swap[keep], "mask": mask[keep],
+            "id_similarity": similarity.float().cpu(), "fraction": fractions[keep], "snapshot": snap[keep].long(),
+            "pair_index": keep.long() + k * shard_size}, drops
+
+
+def _claim(root: Path, manifest: dict) -> None:
+    """Start a data set, or check that the one under root was started with these very settings."""
+    path = root / "manifest.json"
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != json.loads(json.dumps(manifest)):
+            changed = sorted(k for k in manifest if existing.get(k) != json.loads(json.dumps(manifest[k])))
+            raise UserError(f"{root} holds a pairs run with different settings ({', '.join(changed)}); "
+                            "rerun with the same settings to resume, or choose another --out")
+        return
+    (root / "progress").mkdir(parents=True, exist_ok=True)
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    _write_json(path, manifest)

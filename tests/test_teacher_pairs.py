@@ -1,0 +1,145 @@
+"""Pairs: the shard format round-trips, a killed run resumes with no lost/duplicated/half-written pair."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facekit.errors import UserError
+from teacher import pairs as pairs_module
+from teacher.pairs import OracleTeacher, PairDataset, finished_shards, generate_pairs, read_manifest
+from teacher_tiny import tiny_experts
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pair_indices(root):
+    return sorted(int(item["pair_index"]) for item in PairDataset(root))
+
+
+def test_format_roundtrip_and_oracle_degrades_with_fraction(tmp_path):
+    summary = generate_pairs(tmp_path, OracleTeacher((0.1, 1.0)), tiny_experts(), total=6, shard_size=4,
+                             image_size=32, seed=3, progress=False)
+    assert summary == {"written": 6, "dropped": 0, "shards": 2}
+    manifest = read_manifest(tmp_path)
+    assert manifest["teacher"]["snapshots"] == [{"id": "oracle@0.1", "fraction": 0.1}, {"id": "oracle@1", "fraction": 1.0}]
+    data = PairDataset(tmp_path)
+    assert len(data) == 6 and pair_indices(tmp_path) == list(range(6))
+    item = data[0]
+    assert item["source"].shape == item["target"].shape == item["swap"].shape == (3, 32, 32)
+    assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+    for item in data:
+        outside = 1 - item["mask"]
+        assert torch.allclose(item["swap"] * outside, item["target"] * outside, atol=1 / 255)
+        assert -1 <= float(item["id_similarity"]) <= 1
+        assert float(item["fraction"]) == pytest.approx(manifest["teacher"]["snapshots"][int(item["snapshot"])]["fraction"])
+    # an early snapshot is further from the truth than the final one
+    job = pairs_module.synthetic_job(0, 4, 32)
+    early, _, _ = OracleTeacher((0.1,)).swap(job, 0, torch.Generator())
+    final, _, _ = OracleTeacher((1.0,)).swap(job, 0, torch.Generator())
+    assert torch.allclose(final, job.target * (1 - job.truth_mask) + job.truth * job.truth_mask)
+    assert (early - job.truth).abs().mean() > (final - job.truth).abs().mean()
+
+
+SLOW_RUN = textwrap.dedent("""
+    import sys, time, torch
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    torch.set_num_threads(1)
+    from teacher.pairs import OracleTeacher, generate_pairs
+    from teacher_tiny import tiny_experts
+
+    class SlowOracle(OracleTeacher):
+        def swap(self, job, snapshot, generator):
+            time.sleep(0.15)
+            return super().swap(job, snapshot, generator)
+
+    generate_pairs({root!r}, SlowOracle((0.5, 1.0)), tiny_experts(), total=30, shard_size=3, image_size=32,
+                   seed=1, progress=False)
+""")
+
+
+def test_killed_run_resumes_without_lost_or_duplicated_pairs(tmp_path):
+    root = tmp_path / "pairs"
+    script = SLOW_RUN.format(repo=str(REPO), tests=str(TESTS), root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "WORLD_SIZE": "1", "RANK": "0"})
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline and len(finished_shards(root) if (root / "progress").is_dir() else {}) < 2:
+            time.sleep(0.05)
+        time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = len(finished_shards(root))
+    assert 2 <= partial < 10, "the run must be killed mid-way"
+    # simulate the worst moment too: a half-written temp file of this rank is left behind
+    (root / "shards" / "shard-000009.safetensors.tmp-rank00000").write_bytes(b"half a shard")
+    summary = generate_pairs(root, OracleTeacher((0.5, 1.0)), tiny_experts(), total=30, shard_size=3,
+                             image_size=32, seed=1, progress=False)
+    assert summary["shards"] == 10 - partial
+    assert pair_indices(root) == list(range(30))
+    assert not list((root / "shards").glob("*.tmp-*"))
+    assert len(finished_shards(root)) == 10
+    # the resumed data set is the one an uninterrupted run writes
+    straight = tmp_path / "straight"
+    generate_pairs(straight, OracleTeacher((0.5, 1.0)), tiny_experts(), total=30, shard_size=3, image_size=32,
+                   seed=1, progress=False)
+    a, b = PairDataset(root), PairDataset(straight)
+    for i in (0, 13, 29):
+        assert torch.equal(a[i]["swap"], b[i]["swap"]) and torch.allclose(a[i]["id_similarity"], b[i]["id_similarity"])
+    with pytest.raises(UserError, match="different settings"):
+        generate_pairs(root, OracleTeacher((0.5, 1.0)), tiny_experts(), total=31, shard_size=3, image_size=32,
+                       seed=1, progress=False)
+
+
+def test_disk_full_leaves_no_shard_and_resume_works(tmp_path, monkeypatch):
+    real = pairs_module.save_file
+    calls = []
+
+    def failing(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(pairs_module, "save_file", failing)
+    with pytest.raises(UserError, match="No space left on device.*rerun"):
+        generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-000000.safetensors"]
+    monkeypatch.setattr(pairs_module, "save_file", real)
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    assert pair_indices(tmp_path) == list(range(8))
+
+
+def test_nan_pair_is_dropped_and_logged(tmp_path, caplog):
+    class SometimesNaN(OracleTeacher):
+        def swap(self, job, snapshot, generator):
+            swap, mask, valid = super().swap(job, snapshot, generator)
+            swap[0] = float("nan")
+            return swap, mask, valid
+
+    with caplog.at_level("WARNING"):
+        summary = generate_pairs(tmp_path, SometimesNaN((1.0,)), tiny_experts(), total=6, shard_size=3,
+                                 image_size=32, progress=False)
+    assert summary == {"written": 4, "dropped": 2, "shards": 2}
+    assert pair_indices(tmp_path) == [1, 2, 4, 5]
+    assert "pair 3 dropped" in caplog.text
+    progress = json.loads((tmp_path / "progress" / "rank-00000.json").read_text())
+    assert progress["shards"]["shard-000001"]["dropped"][0]["pair"] == 3
