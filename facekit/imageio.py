@@ -44,7 +44,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable image (corrupt, truncated or not an image: {err})") from None
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise UserError(f"{path}: the image is empty")
-    return np.ascontiguousarray(array)
+    return np.array(array, dtype=np.uint8, order="C")  # writable: callers draw on it or hand it to torch
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:
