@@ -33,7 +33,7 @@ class FaceSource:
                 raise UserError(f"data set {data} not found: pass a folder data set or 'synthetic'")
             from facekit.folder_dataset import FolderDataset
 
-            self.dataset = FolderDataset(data, split)
+            self.dataset = FolderDataset(data, split, resolution=size)
             if len(self.dataset) == 0:
                 raise UserError(f"data set {data} has no {split!r} images")
 
@@ -41,8 +41,4 @@ class FaceSource:
         if self.dataset is None:
             return synthetic_faces(n, seed, self.size)["image"]
         indices = torch.randint(len(self.dataset), (n,), generator=generator).tolist()
-        images = torch.stack([self.dataset[i]["image"] for i in indices])
-        if images.shape[-1] != self.size:
-            images = torch.nn.functional.interpolate(images, size=(self.size, self.size), mode="bilinear",
-                                                     antialias=True, align_corners=False)
-        return images
+        return torch.stack([self.dataset[i]["image"] for i in indices])

@@ -1,0 +1,247 @@
+"""`distilswap teacher train|swap` and `distilswap pairs generate|info`."""
+from __future__ import annotations
+
+import argparse
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    teacher = subparsers.add_parser(
+        "teacher", help="train the DiffFace teacher, sample guided swaps",
+        description="DiffFace: an identity-conditional diffusion model that swaps faces with identity, semantic "
+        "and gaze guidance and target-preserving blending.")
+    commands = teacher.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
+
+    train = commands.add_parser(
+        "train", help="train (or resume) a teacher", formatter_class=RAW,
+        description="Train the identity-conditional UNet (noise + VLB + identity loss). Rerunning the same "
+        "command resumes from the last checkpoint. Multi-GPU: launch with torchrun. Examples:\n"
+        "  distilswap teacher train --config configs/teacher_train_demo.yaml --experts runs/experts\n"
+        "  torchrun --nproc_per_node 8 distilswap.py teacher train --unet official_256 --data data/ffhq \\\n"
+        "      --arcface checkpoints/Arcface.tar --steps 700000 --batch-size 6 --out runs/teacher256")
+    train.add_argument("--config", help="YAML file of training settings (command-line options override it)")
+    train.add_argument("--out", help="run directory (checkpoints, snapshots, TensorBoard)")
+    train.add_argument("--unet", help="UNet preset (official_256, reference_small, demo_64) or YAML file")
+    train.add_argument("--data", help="'synthetic' (rendered on the fly) or a folder data set")
+    _add_expert_args(train, guidance=False)
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--lambda-id", type=float, dest="lambda_id",
+                       help="weight of 1 − cos identity loss on x̂0 (default 1.0 = the paper's λ=0.5 on ‖v−v̂‖²)")
+    train.add_argument("--ema-rate", type=float, dest="ema_rate")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    train.add_argument("--grad-checkpoint", action="store_const", const=True, dest="grad_checkpoint",
+                       help="recompute activations in the backward pass (less memory, ~30%% slower)")
+    train.add_argument("--snapshot-fractions", dest="snapshot_fractions",
+                       help="comma-separated fractions of training at which EMA snapshots are kept "
+                       "(default 0.1,0.25,0.5,0.75,1.0; the quality regressor learns from them)")
+    train.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
+    train.add_argument("--seed", type=int)
+    train.set_defaults(func=_train)
+
+    swap = commands.add_parser(
+        "swap", help="swap faces with guided sampling", formatter_class=RAW,
+        description="Put the identity of each source onto its target (aligned face crops; one source may go "
+        "onto many targets). Writes OUT/<source>__<target>.png. Examples:\n"
+        "  distilswap teacher swap --teacher runs/teacher/snapshots/step_0000400.safetensors --experts runs/experts \\\n"
+        "      --source a.png --target b.png c.png --preset demo --out runs/swaps\n"
+        "  distilswap teacher swap --official checkpoints/Model.pt --unet official_256 --arcface checkpoints/Arcface.tar \\\n"
+        "      --parser checkpoints/FaceParser.pth --gaze-model checkpoints/GazeEstimator.pt --preset official \\\n"
+        "      --source src.png --target tgt.png --out runs/swaps --batch-size 4")
+    _add_teacher_args(swap)
+    swap.add_argument("--source", nargs="+", required=True, help="source face image(s)")
+    swap.add_argument("--target", nargs="+", required=True, help="target face image(s)")
+    swap.add_argument("--out", required=True, help="output directory")
+    swap.add_argument("--batch-size", type=int, default=4, help="pairs sampled together (default 4)")
+    swap.add_argument("--seed", type=int, default=0)
+    swap.set_defaults(func=_swap)
+
+    pairs = subparsers.add_parser(
+        "pairs", help="write the teacher's paired swaps as shards",
+        description="The paired data set the student is distilled from (format: teacher/pairs.py).")
+    pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="ACTION", required=True)
+    generate = pair_commands.add_parser(
+        "generate", help="generate (or resume) a sharded pairs data set", formatter_class=RAW,
+        description="Swap random synthetic-world (source, target) pairs with a teacher and write shards. Safe "
+        "to interrupt: rerun the same command to resume. torchrun spreads shards over processes. Examples:\n"
+        "  distilswap pairs generate --teacher oracle --experts runs/experts --total 2000 --out runs/pairs\n"
+        "  distilswap pairs generate --teacher diffface --snapshots runs/teacher/snapshots/*.safetensors \\\n"
+        "      --experts runs/experts --preset demo --total 512 --out runs/pairs_diffface")
+    generate.add_argument("--teacher", choices=["oracle", "diffface"], default="oracle",
+                          help="oracle: the synthetic world's true swap, degraded per snapshot fraction; "
+                          "diffface: guided sampling with --snapshots")
+    generate.add_argument("--snapshots", nargs="+", default=[], help="teacher weight files (diffface teacher)")
+    generate.add_argument("--fractions", default="0.1,0.25,0.5,0.75,1.0",
+                          help="oracle snapshot fractions (default 0.1,0.25,0.5,0.75,1.0)")
+    generate.add_argument("--total", type=int, required=True, help="number of pairs")
+    generate.add_argument("--shard-size", type=int, default=64)
+    generate.add_argument("--image-size", type=int, default=64, help="crop size (diffface: the teacher's)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True, help="data set directory")
+    _add_expert_args(generate, guidance=True)
+    _add_sampling_args(generate)
+    generate.add_argument("--device", default="cpu")
+    generate.set_defaults(func=_generate)
+
+    info = pair_commands.add_parser("info", help="summarise a pairs data set")
+    info.add_argument("root")
+    info.set_defaults(func=_info)
+
+
+def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
+    parser.add_argument("--experts", help="directory of small trained experts (synthetic world)")
+    parser.add_argument("--arcface", help="official Arcface.tar (identity embedder)")
+    if guidance:
+        parser.add_argument("--parser", help="official FaceParser.pth (semantic guidance and blend mask)")
+        parser.add_argument("--gaze-model", dest="gaze_model", help="official GazeEstimator.pt (gaze guidance)")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (override the preset)")
+    group.add_argument("--preset", default="official",
+                       help="paper | official | demo, or a YAML file (teacher/presets/swap_*.yaml)")
+    group.add_argument("--steps", type=int, dest="respacing", help="respaced sampling steps (official 100)")
+    group.add_argument("--skip", type=int, help="first steps skipped; sampling starts from the noised target")
+    group.add_argument("--sampler", choices=["ddpm", "ddim"])
+    group.add_argument("--eta", type=float, help="DDIM stochasticity")
+    group.add_argument("--id-weight", type=float, dest="id_weight", help="λ_id (paper 2000, code 6000)")
+    group.add_argument("--sem-weight", type=float, dest="sem_weight", help="λ_sem (paper 150, code 200); 0 = off")
+    group.add_argument("--gaze-weight", type=float, dest="gaze_weight", help="λ_gaze (200); 0 = off")
+    group.add_argument("--target-mse-weight", type=float, dest="target_mse_weight", help="official code 50, paper 0")
+    group.add_argument("--views", type=int, help="extending augmentation views for identity guidance (8)")
+    group.add_argument("--mask-ramp", type=int, dest="mask_ramp",
+                       help="T̂: larger keeps more of the source's face shape, smaller more target structure")
+
+
+def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", help="teacher weights written by `teacher train` (.safetensors)")
+    parser.add_argument("--official", help="the official DiffFace Model.pt (with --unet official_256)")
+    parser.add_argument("--unet", default="official_256", help="UNet preset or YAML for --official")
+    parser.add_argument("--device", default="cpu")
+    _add_expert_args(parser, guidance=True)
+    _add_sampling_args(parser)
+
+
+def _sampling_overrides(args: argparse.Namespace) -> dict:
+    keys = ("respacing", "skip", "sampler", "eta", "id_weight", "sem_weight", "gaze_weight", "target_mse_weight",
+            "views", "mask_ramp")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from teacher.train import load_train_config, train
+
+    overrides = {k: getattr(args, k) for k in ("out", "unet", "data", "experts", "arcface", "steps", "batch_size",
+                                               "lr", "lambda_id", "ema_rate", "precision", "grad_checkpoint",
+                                               "checkpoint_every", "seed")}
+    if args.snapshot_fractions:
+        overrides["snapshot_fractions"] = [float(f) for f in args.snapshot_fractions.split(",")]
+    config = load_train_config(args.config, overrides)
+    out = train(config)
+    print(f"teacher trained: {out}/snapshots (EMA weights at {list(config.snapshot_fractions)} of training)")
+    return 0
+
+
+def _load_images(paths: list[str], size: int):
+    import torch
+    import torch.nn.functional as F
+
+    from facekit.imageio import read_image
+
+    images = [torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p in paths]
+    return torch.stack([F.interpolate(im[None], size=(size, size), mode="bilinear", antialias=True,
+                                      align_corners=False)[0] for im in images])
+
+
+def _swap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from facekit.align import template_points
+    from facekit.errors import UserError
+    from facekit.imageio import write_image
+    from teacher.experts import load_experts, to_model
+    from teacher.sampling import guided_swap, load_swap_config
+
+    if bool(args.teacher) == bool(args.official):
+        raise UserError("pass exactly one of --teacher (our weights) or --official (DiffFace's Model.pt)")
+    if len(args.source) not in (1, len(args.target)):
+        raise UserError(f"{len(args.source)} sources for {len(args.target)} targets: pass one source or one per target")
+    if args.official:
+        from teacher.checkpoint import load_official
+        from teacher.unet import load_unet_config
+
+        model = load_official(args.official, load_unet_config(args.unet)).to(args.device).eval()
+    else:
+        from teacher.checkpoint import load_teacher
+
+        model, _ = load_teacher(args.teacher, args.device)
+    config = load_swap_config(args.preset, _sampling_overrides(args))
+    experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
+    for module in (experts.embedder, experts.parser):
+        if module is not None:
+            module.to(args.device)
+    size = model.config.image_size
+    sources = args.source * len(args.target) if len(args.source) == 1 else args.source
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Inputs are aligned crops, so the target's eyes sit on the ArcFace template (gaze guidance's eye boxes).
+    landmarks = torch.from_numpy(template_points(size).astype(np.float32))
+    generator = torch.Generator().manual_seed(args.seed)
+    for start in range(0, len(args.target), args.batch_size):
+        src_paths, tgt_paths = sources[start:start + args.batch_size], args.target[start:start + args.batch_size]
+        source = to_model(_load_images(src_paths, size)).to(args.device)
+        target = to_model(_load_images(tgt_paths, size)).to(args.device)
+        result = guided_swap(model, experts, source, target, config, generator=generator, progress=True,
+                             landmarks=landmarks.expand(len(tgt_paths), -1, -1).to(args.device))
+        for src, tgt, image, ok in zip(src_paths, tgt_paths, result.swap, result.valid):
+            if not ok:
+                print(f"skipped {src} -> {tgt}: sampling diverged (NaN)")
+                continue
+            path = out / f"{Path(src).stem}__{Path(tgt).stem}.png"
+            write_image(path, ((image.cpu() + 1) / 2).permute(1, 2, 0).numpy())
+            print(f"wrote {path}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import glob
+
+    from facekit.errors import UserError
+    from teacher.experts import load_experts
+    from teacher.pairs import DiffusionTeacher, OracleTeacher, generate_pairs
+
+    experts = load_experts(args.experts, args.arcface, getattr(args, "parser", None), args.gaze_model)
+    experts.embedder.to(args.device)
+    if args.teacher == "oracle":
+        teacher = OracleTeacher(tuple(float(f) for f in args.fractions.split(",")))
+    else:
+        paths = sorted(p for pattern in args.snapshots for p in (glob.glob(pattern) or [pattern]))
+        if not paths:
+            raise UserError("--teacher diffface needs --snapshots (weights from `distilswap teacher train`)")
+        from teacher.sampling import load_swap_config
+
+        teacher = DiffusionTeacher(paths, experts, load_swap_config(args.preset, _sampling_overrides(args)), args.device)
+        if experts.parser is not None:
+            experts.parser.to(args.device)
+        if teacher.models[0].config.image_size != args.image_size:
+            raise UserError(f"--image-size {args.image_size} but the teacher works at "
+                            f"{teacher.models[0].config.image_size}²: pass --image-size {teacher.models[0].config.image_size}")
+    summary = generate_pairs(args.out, teacher, experts, args.total, args.shard_size, args.image_size, args.seed)
+    print(f"{args.out}: wrote {summary['written']} pairs in {summary['shards']} shards, dropped {summary['dropped']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from teacher.pairs import PairDataset
+
+    data = PairDataset(args.root)
+    m = data.manifest
+    print(f"{args.root}: {len(data)} of {m['total_pairs']} pairs in {len(data.shards)}/{m['num_shards']} shards, "
+          f"{m['image_size']}², teacher {m['teacher']['kind']} with snapshots "
+          f"{[s['id'] for s in m['teacher']['snapshots']]}")
+    return 0
