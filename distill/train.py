@@ -1,0 +1,394 @@
+"""`distilswap distill`: the MobileFaceSwap student learns the teacher's swaps pair by pair (SPEC §3).
+
+The run directory holds everything a rerun needs: `checkpoint.pt` (model, EMA, optimizer, scaler, step, RNG:
+rerunning the same command continues exactly where it stopped), `tb/` (TensorBoard), `samples/` (grids
+source | target | teacher | student | mask), and at the end `student.safetensors` (EMA weights),
+`eval.json` / `eval.md` (held-out identities). DDP: launch with torchrun; one process per device.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from facekit.arcface import resize_to
+from facekit.errors import UserError
+from distill.data import PairList, split_by_identity
+from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
+from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
+from student.config import StudentConfig, scaled
+from student.model import MobileFaceSwap
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    resolution: int | None = None  # student resolution; None: the pairs' resolution
+    width: float = 1.0  # channel multiplier of the student (1.0 = the paper's network)
+    steps: int = 100_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weights: LossWeights = field(default_factory=LossWeights)
+    reweight: str = "product"  # a's combination (distill.reweight.COMBINATIONS); "off" is the ablation
+    ema_decay: float = 0.999
+    amp: bool = True  # fp16 + loss scaling on CUDA, bf16 on CPU
+    val_fraction: float = 0.2
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.reweight not in COMBINATIONS:
+            raise UserError(f"reweight must be one of {', '.join(COMBINATIONS)}, got {self.reweight!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise UserError("steps and batch_size must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> DistillConfig:
+    """YAML preset (keys of DistillConfig; `weights:` a mapping) plus command-line overrides."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such distill config (see configs/distill_*.yaml)")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a distill config is a YAML mapping")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown distill config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    weights = data.pop("weights", None) or {}
+    if isinstance(weights, LossWeights):
+        weights = dataclasses.asdict(weights)
+    bad = sorted(set(weights) - {f.name for f in dataclasses.fields(LossWeights)})
+    if bad:
+        raise UserError(f"unknown loss weights: {', '.join(bad)} (known: l1, perceptual, identity, mask)")
+    if "betas" in data:
+        data["betas"] = tuple(data["betas"])
+    return DistillConfig(weights=LossWeights(**weights), **data)
+
+
+# -- distributed ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Process group only under torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if world <= 1:
+        return Dist(device=torch.device(device or ("cuda" if use_cuda else "cpu")))
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The pairs of one rank at one step: a seeded permutation per epoch, so the order is a pure function of
+    the step and resuming needs no sampler state."""
+    per_epoch = count // (batch_size * world)
+    if per_epoch < 1:
+        raise UserError(f"{count} training pairs cannot fill one batch of {batch_size} x {world} processes: "
+                        "lower batch_size or add pairs")
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    start = (offset * world + rank) * batch_size
+    return order[start : start + batch_size].tolist()
+
+
+# -- model ---------------------------------------------------------------------------------------------------
+def build_student(config: DistillConfig, pair_resolution: int, identity_dim: int, init: str | None) -> MobileFaceSwap:
+    """A new student (width × the paper's network) or one from a checkpoint (e.g. the imported official
+    weights), which must agree with the config and the identity expert."""
+    resolution = config.resolution or pair_resolution
+    wanted = scaled(StudentConfig(resolution=resolution, identity_dim=identity_dim), config.width)
+    if init is None:
+        return MobileFaceSwap(wanted)
+    from student.checkpoint import load_student
+
+    model = load_student(init)
+    if model.config != wanted:
+        raise UserError(f"{init}: student checkpoint is {_describe(model.config)} but this run wants "
+                        f"{_describe(wanted)}: set resolution/width in the distill config to match, or start fresh")
+    return model.train()
+
+
+def _describe(config: StudentConfig) -> str:
+    return (f"{config.resolution}² encoder {list(config.encoder_channels)} identity {config.identity_dim}")
+
+
+class EMA:
+    """Exponential moving average of the student's parameters (buffers copied): the weights evaluated and shipped."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema, live in zip(self.model.parameters(), model.parameters()):
+            ema.lerp_(live.detach(), 1.0 - self.decay)
+        for ema, live in zip(self.model.buffers(), model.buffers()):
+            ema.copy_(live)
+
+
+# -- one step ------------------------------------------------------------------------------------------------
+def compute_losses(student: nn.Module, embedder: nn.Module, parser: nn.Module | None, perceptual: nn.Module,
+                   batch: Mapping[str, Any], a: torch.Tensor, weights: LossWeights, resolution: int,
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its per-term batch means (for the logs)."""
+    source, target, teacher = (resize_to(batch[k], resolution) for k in ("source", "target", "swap"))
+    with torch.no_grad():
+        embedding, feature_map = embedder(source)
+        keep = background(target, teacher, resize_to(batch["mask"], resolution), parser)
+    output, mask = student(target, embedding, feature_map)
+    output = output.float()
+    l1 = l1_per_sample(output, teacher)
+    perc = perceptual(output, teacher)
+    ident = identity_loss(embedder, output, embedding)
+    weak = mask_loss(mask.float(), keep)
+    total = (a * (weights.l1 * l1 + weights.perceptual * perc)).mean()
+    total = total + weights.identity * ident.mean() + weights.mask * weak.mean()
+    terms = {"l1": l1.mean(), "perceptual": perc.mean(), "identity": ident.mean(), "mask": weak.mean()}
+    return total, terms
+
+
+def pair_weights(pairs: PairList, combination: str, scores: Mapping[str, Mapping[str, float]] | None,
+                 source: str) -> dict[str, float]:
+    """Unnormalised a per training pair (normalised per batch at each step)."""
+    if combination == "off":
+        return {pid: 1.0 for pid in pairs.pair_ids}
+    if scores is None:
+        raise UserError("reweighting needs scores: run `distilswap quality score` first, or pass --reweight off")
+    cosine, quality = scores_for(pairs.pair_ids, scores, source)
+    return dict(zip(pairs.pair_ids, raw_coefficient(cosine, quality, combination).tolist()))
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig,
+            run_dir: str | Path, scores: Mapping[str, Mapping[str, float]] | None = None, scores_source: str = "",
+            init: str | None = None, vgg_weights: str | None = None, device: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) in run_dir; returns the final evaluation (also written to eval.json / eval.md)."""
+    from tqdm import tqdm
+
+    from distill.evaluate import evaluate, write_table
+
+    run_dir = Path(run_dir)
+    dist = setup_distributed(device)
+    train_idx, val_idx = split_by_identity(pairs.identities, config.val_fraction, config.seed)
+    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
+    weight_of = pair_weights(train, config.reweight, scores, scores_source)
+    embedder = embedder.to(dist.device)
+    parser = parser.to(dist.device) if parser is not None else None
+    identity_dim = _identity_dim(embedder, train[0]["source"], dist.device)
+
+    torch.manual_seed(config.seed)
+    student = build_student(config, pairs.resolution, identity_dim, init).to(dist.device).train()
+    resolution = student.config.resolution
+    if resolution != pairs.resolution:
+        log.info("pairs are %d², the student trains at %d²: images are resized on the fly", pairs.resolution, resolution)
+    ema = EMA(student, config.ema_decay)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr, betas=config.betas)
+    use_cuda = dist.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and use_cuda)
+    amp_dtype = torch.float16 if use_cuda else torch.bfloat16
+    perceptual, perceptual_kind = build_perceptual(vgg_weights, embedder, parser)
+    perceptual = perceptual.to(dist.device)
+
+    step = _resume(run_dir, student, ema, optimizer, scaler, config, dist.device)
+    model: nn.Module = student
+    if dist.world > 1:
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[dist.device.index] if use_cuda else None)
+
+    per_epoch = len(train) // (config.batch_size * dist.world)
+    used = per_epoch * config.batch_size * dist.world
+    log.info("distill: %d train pairs / %d held-out (%d identities); each epoch uses %d pairs, %d left out by "
+             "batching (a different draw each epoch); reweight=%s; perceptual=%s",
+             len(train), len(val), len(set(val.identities)), used, len(train) - used, config.reweight, perceptual_kind)
+    writer = _writer(run_dir) if dist.main else None
+    preview = _preview_batch(val, dist.device)
+    bar = tqdm(total=config.steps, initial=step, desc="distill", unit="step", disable=not (progress and dist.main))
+    try:
+        while step < config.steps:
+            samples = [train[i] for i in batch_indices(len(train), config.batch_size, config.seed, step,
+                                                       dist.rank, dist.world)]
+            batch = _to_device(default_collate(samples), dist.device)
+            raw = torch.tensor([weight_of[pid] for pid in batch["pair_id"]], device=dist.device)
+            a = normalize_mean_one(raw)
+            with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=config.amp):
+                loss, terms = compute_losses(model, embedder, parser, perceptual, batch, a, config.weights, resolution)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at step {step}: lower the learning rate "
+                                "(the last checkpoint is kept)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(student)
+            step += 1
+            bar.update(1)
+            if writer is not None and (step % config.log_every == 0 or step == config.steps):
+                writer.add_scalar("loss/total", loss.item(), step)
+                for name, value in terms.items():
+                    writer.add_scalar(f"loss/{name}", value.item(), step)
+                writer.add_scalar("reweight/a_max", a.max().item(), step)
+                writer.add_scalar("reweight/a_min", a.min().item(), step)
+                bar.set_postfix(loss=f"{loss.item():.4f}", id=f"{terms['identity'].item():.3f}")
+            if dist.main and (step % config.sample_every == 0 or step == config.steps):
+                save_grid(ema.model, embedder, preview, run_dir / "samples" / f"step_{step:07d}.png", resolution)
+            if dist.main and (step % config.checkpoint_every == 0 or step == config.steps):
+                _save_checkpoint(run_dir, student, ema, optimizer, scaler, step, config)
+    except KeyboardInterrupt:
+        if dist.main:
+            _save_checkpoint(run_dir, student, ema, optimizer, scaler, step, config)
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if not dist.main:
+        return {}
+    from student.checkpoint import save_student
+
+    save_student(ema.model, run_dir / "student.safetensors",
+                 extra={"steps": str(step), "reweight": config.reweight, "perceptual": perceptual_kind})
+    result = evaluate(ema.model, embedder, val, resolution, config.eval_batch_size)
+    result["run"] = {"steps": step, "reweight": config.reweight, "perceptual": perceptual_kind,
+                     "train_pairs": len(train), "val_pairs": len(val)}
+    write_table(result, run_dir)
+    return result
+
+
+def _identity_dim(embedder: nn.Module, image: torch.Tensor, device: torch.device) -> int:
+    with torch.no_grad():
+        embedding, feature_map = embedder(image[None].to(device))
+    if feature_map.shape[1] != embedding.shape[1] or tuple(feature_map.shape[-2:]) != (7, 7):
+        raise UserError(f"the identity expert gives an embedding of {embedding.shape[1]} and a feature map of "
+                        f"{list(feature_map.shape[1:])}; the student needs C and C×7×7 (an IR-SE ArcFace at 112²)")
+    return int(embedding.shape[1])
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device).float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
+def _preview_batch(val: PairList, device: torch.device, count: int = 4) -> dict[str, Any]:
+    return _to_device(default_collate([val[i] for i in range(min(count, len(val)))]), device)
+
+
+@torch.no_grad()
+def save_grid(student: nn.Module, embedder: nn.Module, batch: Mapping[str, Any], path: Path, resolution: int) -> Path:
+    """One row per pair: source | target | teacher | student | mask."""
+    from torchvision.utils import make_grid, save_image
+
+    source, target, teacher = (resize_to(batch[k], resolution) for k in ("source", "target", "swap"))
+    output, mask = student(target, *embedder(source))
+    tiles = torch.stack([source, target, teacher, output.float().clamp(0, 1), mask.float().expand_as(output)], dim=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    save_image(make_grid(tiles.flatten(0, 1).cpu(), nrow=5, padding=2), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _writer(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _save_checkpoint(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, step: int, config: DistillConfig) -> Path:
+    """Everything an exact resume needs, written atomically (a crash mid-save keeps the previous one)."""
+    state = {
+        "format": "distilswap-distill/1",
+        "step": step,
+        "config": json.dumps(config.to_dict()),
+        "student_config": json.dumps(student.config.to_dict()),
+        "student": student.state_dict(),
+        "ema": ema.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CHECKPOINT
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CHECKPOINT}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# What may differ between the run that wrote a checkpoint and the one resuming it (the rest changes results).
+RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "eval_batch_size"}
+
+
+def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, config: DistillConfig, device: torch.device) -> int:
+    """Load run_dir's checkpoint if there is one -> the step to continue from (0 for a fresh run)."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); move it away to start over") from None
+    if not isinstance(state, dict) or state.get("format") != "distilswap-distill/1":
+        raise UserError(f"{path}: not a distill checkpoint; use another --out directory")
+    saved = json.loads(state["student_config"])
+    if saved != student.config.to_dict():
+        raise UserError(f"{path}: the run there trains a student of another configuration ({saved['resolution']}² "
+                        f"encoder {saved['encoder_channels']}); use another --out directory or the same settings")
+    before, now = json.loads(state["config"]), config.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+    if changed:
+        raise UserError(f"{path}: cannot resume with changed {', '.join(changed)}; use another --out directory")
+    student.load_state_dict(state["student"])
+    ema.model.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    log.info("resumed %s at step %d", path, state["step"])
+    return int(state["step"])

@@ -1,0 +1,134 @@
+"""Distillation: losses and reweighting, the loop's outputs, exact resume, and refusals of bad input."""
+import json
+
+import pytest
+import torch
+
+from facekit.errors import UserError
+from distill.losses import LossWeights, background, mask_loss
+from distill.train import DistillConfig, batch_indices, compute_losses, distill, load_distill_config
+from distill.losses import ExpertPerceptual
+from student.checkpoint import load_student, save_student
+from student.config import StudentConfig, scaled
+from student.model import MobileFaceSwap
+from tests.distill_fixtures import synthetic_pairs, tiny_embedder
+
+TINY = dict(width=0.25, batch_size=4, val_fraction=0.3, amp=False, log_every=1, sample_every=2, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return tiny_embedder()
+
+
+@pytest.fixture(scope="module")
+def pairs(embedder):
+    return synthetic_pairs(identities=4, per_identity=3, size=32, embedder=embedder)
+
+
+def tiny_student(identity_dim: int = 64) -> MobileFaceSwap:
+    torch.manual_seed(0)
+    return MobileFaceSwap(scaled(StudentConfig(resolution=32, identity_dim=identity_dim), 0.25))
+
+
+def test_weighted_terms_follow_a(pairs, embedder):
+    """a scales each pair's teacher-matching loss; the identity and mask terms do not depend on it."""
+    from torch.utils.data import default_collate
+
+    student = tiny_student()
+    batch = default_collate([pairs[i] for i in range(4)])
+    weights = LossWeights(l1=1.0, perceptual=1.0, identity=0.5, mask=2.0)
+    perceptual = ExpertPerceptual(embedder)
+    args = (student, embedder, None, perceptual, batch)
+    zero, terms = compute_losses(*args, torch.zeros(4), weights, 32)
+    assert zero.item() == pytest.approx(0.5 * terms["identity"].item() + 2.0 * terms["mask"].item(), rel=1e-5)
+    ones, _ = compute_losses(*args, torch.ones(4), weights, 32)
+    only_first, _ = compute_losses(*args, torch.tensor([4.0, 0, 0, 0]), weights, 32)
+    assert ones.item() > zero.item() and only_first.item() != pytest.approx(ones.item())
+    # the mask term pulls the fusion mask to 0 on the target's background only
+    keep = background(batch["target"], batch["swap"], batch["mask"], None)
+    assert torch.equal(keep, (batch["mask"] < 0.5).float())
+    assert mask_loss(torch.ones_like(keep), keep).tolist() == pytest.approx([1.0] * 4)
+    assert mask_loss(1 - keep, keep).tolist() == pytest.approx([0.0] * 4)
+
+
+def test_ranks_draw_disjoint_batches():
+    a = batch_indices(20, 4, seed=0, step=3, rank=0, world=2)
+    b = batch_indices(20, 4, seed=0, step=3, rank=1, world=2)
+    assert len(a) == len(b) == 4 and not set(a) & set(b)
+    assert a == batch_indices(20, 4, seed=0, step=3, rank=0, world=2)
+    with pytest.raises(UserError, match="cannot fill one batch"):
+        batch_indices(3, 4, 0, 0)
+
+
+def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
+    scores = {pid: {"id_cosine": 0.9, "quality": 0.1 + 0.8 * (i % 2)} for i, pid in enumerate(pairs.pair_ids)}
+    config = DistillConfig(steps=2, amp=True, **{k: v for k, v in TINY.items() if k != "amp"})  # bf16 on CPU
+    result = distill(pairs, embedder, None, config, tmp_path, scores, "scores", progress=False)
+    student = load_student(tmp_path / "student.safetensors")
+    assert student.config == scaled(StudentConfig(resolution=32, identity_dim=64), 0.25)
+    table = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("l1_vs_teacher", "id_sim_source", "mask_iou_teacher", "truth_l1", "truth_psnr_face"):
+        assert key in table["student"]
+    assert {"id_sim_source", "truth_l1"} <= set(table["teacher"])
+    assert table["pairs"] == result["run"]["val_pairs"] > 0
+    assert (tmp_path / "eval.md").read_text().count("| student |") == 1
+    assert (tmp_path / "samples" / "step_0000002.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly(pairs, embedder, tmp_path):
+    straight = DistillConfig(steps=4, reweight="off", **TINY)
+    distill(pairs, embedder, None, straight, tmp_path / "a", progress=False)
+    distill(pairs, embedder, None, DistillConfig(steps=2, reweight="off", **TINY), tmp_path / "b", progress=False)
+    distill(pairs, embedder, None, straight, tmp_path / "b", progress=False)  # same command, longer: resumes
+    state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert state_a["step"] == state_b["step"] == 4
+    for key in ("student", "ema"):
+        for name, value in state_a[key].items():
+            assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_refuses_mismatched_inputs(pairs, embedder, tmp_path):
+    config = DistillConfig(steps=1, **TINY)
+    with pytest.raises(UserError, match="run `distilswap quality score` first"):
+        distill(pairs, embedder, None, config, tmp_path / "r", None, progress=False)
+    partial = {pid: {"id_cosine": 1.0, "quality": 1.0} for pid in pairs.pair_ids[:2]}
+    with pytest.raises(UserError, match="have no score"):
+        distill(pairs, embedder, None, config, tmp_path / "r", partial, "s.json", progress=False)
+    other = save_student(MobileFaceSwap(scaled(StudentConfig(resolution=32, identity_dim=64), 0.5)), tmp_path / "w.st")
+    with pytest.raises(UserError, match="student checkpoint is 32² encoder"):
+        distill(pairs, embedder, None, DistillConfig(steps=1, reweight="off", **TINY), tmp_path / "r", init=str(other),
+                progress=False)
+    distill(pairs, embedder, None, DistillConfig(steps=1, reweight="off", **TINY), tmp_path / "r2", progress=False)
+    wider = DistillConfig(steps=2, reweight="off", **{**TINY, "width": 0.5})
+    with pytest.raises(UserError, match="another configuration"):
+        distill(pairs, embedder, None, wider, tmp_path / "r2", progress=False)
+    with pytest.raises(UserError, match="changed lr"):
+        distill(pairs, embedder, None, DistillConfig(steps=2, reweight="off", lr=1.0, **TINY), tmp_path / "r2",
+                progress=False)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 7\nwidth: 0.5\nweights: {identity: 3.0}\n")
+    config = load_distill_config(str(path), {"steps": 9, "lr": None})
+    assert (config.steps, config.width, config.weights.identity, config.weights.l1) == (9, 0.5, 3.0, 1.0)
+    path.write_text("stepz: 7\n")
+    with pytest.raises(UserError, match="unknown distill config keys: stepz"):
+        load_distill_config(str(path))
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    from distilswap import main
+
+    assert main(["distill", "--pairs", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--reweight", "off"]) == 2
+    assert "no such pair directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["distill_paper.yaml", "distill_finetune.yaml", "distill_synthetic.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    assert load_distill_config(str(Path(__file__).resolve().parents[1] / "configs" / name)).steps > 0
