@@ -194,4 +194,4 @@ def test_bad_input_is_one_line_user_error(world, tmp_path, capsys):
         assert distilswap.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o", "."))]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o1", "o2", "o3", "o4", "o5", "."))]
