@@ -1,0 +1,148 @@
+"""Video in and out with PyAV: RGB frames + frame rate in; H.264 MP4 out, carrying the source's audio.
+
+The swap pipeline decodes a clip, swaps every frame and writes a new file; the soundtrack is copied packet
+by packet when MP4 can hold its codec (AAC, MP3, ...) and re-encoded to AAC otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+from facekit.errors import UserError
+from facekit.imageio import atomic_write
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+_MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: Fraction
+    width: int
+    height: int
+    frames: int  # as declared by the container (0 when unknown)
+    has_audio: bool
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise UserError(f"{path}: no such video file")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, ValueError) as err:
+        raise UserError(f"{path}: unreadable video ({err})") from None
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise UserError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        fps = stream.average_rate or stream.guessed_rate or Fraction(25)
+        return VideoInfo(Fraction(fps), stream.codec_context.width, stream.codec_context.height, stream.frames, bool(container.streams.audio))
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Decoded frames as HxWx3 uint8 RGB, in presentation order."""
+    path = Path(path)
+    count = 0
+    with _open(path) as container:
+        if not container.streams.video:
+            raise UserError(f"{path}: has no video stream")
+        try:
+            for frame in container.decode(video=0):
+                count += 1
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as err:
+            raise UserError(f"{path}: decoding failed after {count} frames ({err})") from None
+    if count == 0:
+        raise UserError(f"{path}: the video has no frames")
+
+
+def read_video(path: str | Path) -> tuple[list[np.ndarray], Fraction]:
+    """All frames (RGB uint8) and the frame rate; for short clips (long ones: iter_frames)."""
+    return list(iter_frames(path)), video_info(path).fps
+
+
+class _Soundtrack:
+    """The source's first audio stream, added to `output` before any packet is written, muxed after video."""
+
+    def __init__(self, source: Path, output: av.container.OutputContainer):
+        self.container = _open(source)
+        self.audio_in = self.container.streams.audio[0] if self.container.streams.audio else None
+        self.copy = self.audio_in is not None and self.audio_in.codec_context.name in _MP4_AUDIO_COPY
+        if self.audio_in is None:
+            self.audio_out = None
+        elif self.copy:
+            self.audio_out = output.add_stream_from_template(self.audio_in)
+        else:
+            self.rate = self.audio_in.codec_context.sample_rate or 44100
+            self.audio_out = output.add_stream("aac", rate=self.rate)
+
+    def mux(self, output: av.container.OutputContainer) -> None:
+        if self.audio_in is None:
+            return
+        if self.copy:
+            for packet in self.container.demux(self.audio_in):
+                if packet.dts is not None:
+                    packet.stream = self.audio_out
+                    output.mux(packet)
+            return
+        resampler = av.AudioResampler(format="fltp", layout=self.audio_in.codec_context.layout.name, rate=self.rate)
+        for frame in self.container.decode(self.audio_in):
+            for converted in resampler.resample(frame):
+                output.mux(self.audio_out.encode(converted))
+        output.mux(self.audio_out.encode(None))
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float | Fraction,
+    audio_from: str | Path | None = None,
+    crf: int = 18,
+) -> Path:
+    """Encode RGB uint8 frames to H.264 MP4 (yuv420p, even size), with `audio_from`'s soundtrack if any.
+    Written to a temporary file first: an interrupted run never leaves a broken output."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        raise UserError(f"{path}: write videos as .mp4 (or .mov/.m4v)")
+    rate = Fraction(fps).limit_denominator(1001)
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise UserError(f"{path}: no frames to write")
+
+    def encode(temp: Path) -> None:
+        with av.open(str(temp), mode="w", format="mp4") as output:
+            stream = output.add_stream("libx264", rate=rate)
+            height, width = first.shape[:2]
+            stream.width, stream.height = width - width % 2, height - height % 2
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            soundtrack = _Soundtrack(Path(audio_from), output) if audio_from is not None else None
+            for image in _chain(first, iterator):
+                if image.shape[:2] != (height, width):
+                    raise UserError(f"{path}: frame of size {image.shape[:2]} after frames of {(height, width)}")
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width], dtype=np.uint8), format="rgb24")
+                output.mux(stream.encode(frame))
+            output.mux(stream.encode(None))
+            if soundtrack is not None:
+                soundtrack.mux(output)
+                soundtrack.close()
+
+    return atomic_write(path, encode)
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
