@@ -9,9 +9,7 @@ Both torch's zip format and the legacy (pre-1.6) stream format are read.
 """
 from __future__ import annotations
 
-import collections
 import io
-import pickle
 import struct
 import sys
 import zipfile
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 
 from facekit.errors import UserError
+from facekit.safe_pickle import NUMPY_GLOBALS, RestrictedUnpickler
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -86,10 +85,10 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): NUMPY_GLOBALS[("collections", "OrderedDict")],
+    ("_codecs", "encode"): NUMPY_GLOBALS[("_codecs", "encode")],
     ("builtins", "set"): set,
-    ("__builtin__", "set"): set,
-    ("_codecs", "encode"): lambda text, encoding="latin1": text.encode(encoding),
+    ("__builtin__", "set"): set,  # protocol-2 pickles name builtins the Python 2 way
     ("torch", "device"): lambda *args: ":".join(map(str, args)),
     ("torch", "Size"): tuple,
 }
@@ -102,27 +101,23 @@ def _placeholder_allowed(module: str) -> bool:
     return top not in sys.stdlib_module_names and top not in {"torch", "numpy", "__builtin__", "builtins"}
 
 
-class _ModelUnpickler(pickle.Unpickler):
+class _ModelUnpickler(RestrictedUnpickler):
+    """safe_pickle's allow-list unpickler, plus inert placeholders for model classes and torch storages."""
+
     def __init__(self, stream: io.BytesIO, source: str):
-        super().__init__(stream)
-        self._source = source
+        super().__init__(stream, _SAFE_GLOBALS, source)
         self._placeholders: dict[tuple[str, str], type] = {}
         self.storages: dict[str, _StorageRef] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        if _placeholder_allowed(module) and name[:1].isupper():
+        if (module, name) not in _SAFE_GLOBALS and _placeholder_allowed(module) and name[:1].isupper():
             key = (module, name)
             if key not in self._placeholders:
                 self._placeholders[key] = type(name, (ModulePlaceholder,), {"module_path": module, "class_name": name})
             return self._placeholders[key]
-        raise UserError(
-            f"{self._source}: refused to load: the pickle asks for '{module}.{name}', which a model checkpoint "
-            "never needs (possibly malicious); nothing was executed"
-        )
+        return super().find_class(module, name)  # the allow-list, or a refusal naming the global
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], type):
