@@ -58,6 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--seed", type=int, default=0)
     swap.set_defaults(func=_swap)
 
+    bench = commands.add_parser(
+        "bench", help="time guided sampling: per-step cost vs one UNet forward+backward, swaps/minute",
+        formatter_class=RAW,
+        description="Timing only (random weights are fine). Example:\n"
+        "  distilswap teacher bench --unet demo_64 --preset demo --batch-size 8 --threads 2")
+    bench.add_argument("--teacher", help="teacher weights (default: a random UNet of --unet)")
+    bench.add_argument("--unet", default="demo_64", help="UNet preset or YAML when no --teacher")
+    _add_expert_args(bench, guidance=True)
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--device", default="cpu")
+    _add_sampling_args(bench)
+    bench.set_defaults(func=_bench)
+
     pairs = subparsers.add_parser(
         "pairs", help="write the teacher's paired swaps as shards",
         description="The paired data set the student is distilled from (format: teacher/pairs.py).")
@@ -205,6 +220,47 @@ def _swap(args: argparse.Namespace) -> int:
             path = out / f"{Path(src).stem}__{Path(tgt).stem}.png"
             write_image(path, ((image.cpu() + 1) / 2).permute(1, 2, 0).numpy())
             print(f"wrote {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from teacher.bench import bench_sampling
+    from teacher.experts import Experts, load_experts
+    from teacher.sampling import load_swap_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.teacher:
+        from teacher.checkpoint import load_teacher
+
+        model, _ = load_teacher(args.teacher, args.device)
+    else:
+        from teacher.unet import UNetModel, load_unet_config
+
+        model = UNetModel(load_unet_config(args.unet)).to(args.device).eval()
+    if args.experts or args.arcface:
+        experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
+    else:  # timing only: facekit's architectures at small widths, random weights
+        from facekit.arcface import IRSEArcFace
+        from facekit.bisenet import BiSeNet
+        from facekit.frozen import freeze
+
+        experts = Experts(freeze(IRSEArcFace(blocks=(2, 2, 2, 2), widths=(16, 32, 64, 128))),
+                          freeze(BiSeNet(width=0.25, input_size=model.config.image_size)))
+        print("experts: random small IR-SE (2,2,2,2 blocks, widths 16-128) and BiSeNet (width 0.25)")
+    for module in (experts.embedder, experts.parser):
+        if module is not None:
+            module.to(args.device)
+    overrides = _sampling_overrides(args)
+    if experts.gaze is None:
+        overrides["gaze_weight"] = 0
+    config = load_swap_config(args.preset, overrides)
+    result = bench_sampling(model, experts, config, args.batch_size, args.repeats, args.device)
+    print(json.dumps({"threads": torch.get_num_threads(), "preset": args.preset, **result}, indent=1))
     return 0
 
 

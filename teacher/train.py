@@ -112,7 +112,8 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     """Train (or resume) to `config.steps`; `stop_after` ends this process early (tests, time slicing)."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not dist.is_initialized():
+    started_group = world > 1 and not dist.is_initialized()
+    if started_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(config.out)
     experts = experts or load_experts(config.experts, arcface=config.arcface)
@@ -171,6 +172,8 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
         writer.close()
     if world > 1:
         dist.barrier()
+    if started_group:
+        dist.destroy_process_group()
     return out
 
 
