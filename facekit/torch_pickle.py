@@ -220,7 +220,10 @@ def load_torch_pickle(path: str | Path) -> Any:
             raise UserError(f"{path}: corrupt zip archive ({err})") from None
     else:
         obj, storages = _load_legacy(path, data)
-    return _resolve(obj, storages)
+    try:
+        return _resolve(obj, storages)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:  # tensor views that do not fit their storage
+        raise UserError(f"{path}: inconsistent tensor data in the checkpoint ({err.__class__.__name__}: {err})") from None
 
 
 def placeholder_state_dict(module: ModulePlaceholder, prefix: str = "") -> dict[str, torch.Tensor]:
