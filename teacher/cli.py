@@ -135,6 +135,7 @@ def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official", help="the official DiffFace Model.pt (with --unet official_256)")
     parser.add_argument("--unet", default="official_256", help="UNet preset or YAML for --official")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="UNet precision (bf16 on GPUs)")
     _add_expert_args(parser, guidance=True)
     _add_sampling_args(parser)
 
@@ -212,6 +213,7 @@ def _swap(args: argparse.Namespace) -> int:
         source = to_model(_load_images(src_paths, size)).to(args.device)
         target = to_model(_load_images(tgt_paths, size)).to(args.device)
         result = guided_swap(model, experts, source, target, config, generator=generator, progress=True,
+                             autocast=torch.bfloat16 if args.precision == "bf16" else None,
                              landmarks=landmarks.expand(len(tgt_paths), -1, -1).to(args.device))
         for src, tgt, image, ok in zip(src_paths, tgt_paths, result.swap, result.valid):
             if not ok:

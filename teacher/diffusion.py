@@ -50,7 +50,7 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
     return kept
 
 
-def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def extract(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] shaped to broadcast over an image batch."""
     out = torch.from_numpy(values).to(device=t.device)[t].to(like.dtype if like.is_floating_point() else torch.float32)
     return out.view(-1, *([1] * (like.dim() - 1)))
@@ -128,20 +128,20 @@ class GaussianDiffusion:
     # forward process -------------------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         noise = torch.randn_like(x_start) if noise is None else noise
-        return (_gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
-                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+        return (extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
-                + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
-        return mean, _gather(self.posterior_variance, t, x_t), _gather(self.posterior_log_variance_clipped, t, x_t)
+        mean = (extract(self.posterior_mean_coef1, t, x_t) * x_start
+                + extract(self.posterior_mean_coef2, t, x_t) * x_t)
+        return mean, extract(self.posterior_variance, t, x_t), extract(self.posterior_log_variance_clipped, t, x_t)
 
     def pred_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
     def eps_from_pred_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
-        return ((_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart)
-                / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart)
+                / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
     # model ------------------------------------------------------------------------------------------
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -153,13 +153,13 @@ class GaussianDiffusion:
         model_output = model_output.float()
         if self.learn_sigma:
             eps, v = model_output.chunk(2, dim=1)
-            min_log = _gather(self.posterior_log_variance_clipped, t, x_t)
-            max_log = _gather(np.log(self.betas), t, x_t)
+            min_log = extract(self.posterior_log_variance_clipped, t, x_t)
+            max_log = extract(np.log(self.betas), t, x_t)
             frac = (v + 1) / 2  # LEARNED_RANGE: v in [-1,1] interpolates log β̃_t .. log β_t
             log_variance = frac * max_log + (1 - frac) * min_log
         else:
             eps = model_output
-            log_variance = _gather(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+            log_variance = extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
         pred_xstart = self.pred_xstart_from_eps(x_t, t, eps)
         clipped = pred_xstart.clamp(-1, 1) if clip else pred_xstart
         mean, _, _ = self.q_posterior(clipped, x_t, t)
@@ -183,8 +183,8 @@ class GaussianDiffusion:
         if clip:
             pred_xstart = pred_xstart.clamp(-1, 1)
             eps = self.eps_from_pred_xstart(x_t, t, pred_xstart)
-        alpha_bar = _gather(self.alphas_cumprod, t, x_t)
-        alpha_bar_prev = _gather(self.alphas_cumprod_prev, t, x_t)
+        alpha_bar = extract(self.alphas_cumprod, t, x_t)
+        alpha_bar_prev = extract(self.alphas_cumprod_prev, t, x_t)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         mean = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
         noise = torch.randn_like(x_t) if noise is None else noise

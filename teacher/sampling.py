@@ -22,7 +22,7 @@ from facekit.bisenet import KEPT_CLASSES, class_mask
 from facekit.errors import UserError
 
 from . import guidance
-from .diffusion import GaussianDiffusion, _gather
+from .diffusion import GaussianDiffusion, extract
 from .experts import Experts
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -88,11 +88,13 @@ class SwapResult:
 
 def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, target: torch.Tensor,
                 config: SwapConfig, landmarks: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, progress: bool = False) -> SwapResult:
+                generator: torch.Generator | None = None, progress: bool = False,
+                autocast: torch.dtype | None = None) -> SwapResult:
     """Swap the identity of `source` onto `target` (both [B,3,H,W] in [-1,1]) for a batch of pairs.
 
     `mask` (the kept-classes mask of the target) is computed with the parser when not given; `landmarks`
-    (the target's, for facekit's eye crops) are needed only for gaze guidance.
+    (the target's, for facekit's eye crops) are needed only for gaze guidance. `autocast` (e.g. bf16 on a
+    GPU) applies to the UNet only; guidance and the update stay in float32.
     """
     diffusion = config.diffusion(learn_sigma=getattr(getattr(model, "config", None), "learn_sigma", True))
     device = target.device
@@ -122,7 +124,9 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
         t = torch.full((b,), i, device=device, dtype=torch.long)
         x_t = x.detach().requires_grad_(guided)
         with torch.set_grad_enabled(guided):
-            pred = diffusion.predict(diffusion.run_model(model, x_t, t, source_embedding), x_t, t)
+            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                output = diffusion.run_model(model, x_t, t, source_embedding)
+            pred = diffusion.predict(output, x_t, t)
             grad = torch.zeros_like(x_t)
             if guided:
                 energy = _energy(diffusion, experts, config, x_t, t, pred.pred_xstart, source_embedding,
@@ -132,7 +136,7 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
             mean = pred.mean.detach() - pred.variance.detach() * grad
             x_prev = diffusion.ddpm_step(x, t, mean, pred.log_variance.detach(), _randn(x, generator))
         else:
-            eps = pred.eps.detach() + _gather(diffusion.sqrt_one_minus_alphas_cumprod, t, x) * grad
+            eps = pred.eps.detach() + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x) * grad
             x_prev = diffusion.ddim_step(x, t, eps, config.eta, _randn(x, generator))
         background = diffusion.q_sample(target, t - 1, _randn(x, generator)) if i > 0 else target
         m_t = min(1.0, (steps - i) / config.mask_ramp) * mask
@@ -149,7 +153,7 @@ def _energy(diffusion: GaussianDiffusion, experts: Experts, config: SwapConfig, 
             target_logits: torch.Tensor | None, landmarks: torch.Tensor | None, target_gaze: torch.Tensor | None,
             generator: torch.Generator | None) -> torch.Tensor:
     """Weighted guidance energy per sample on x_in = √(1−ᾱ)·x̂0 + (1−√(1−ᾱ))·x_t."""
-    fac = _gather(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t)
+    fac = extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t)
     x_in = pred_xstart * fac + x_t * (1 - fac)
     energy = torch.zeros(x_t.shape[0], device=x_t.device)
     if config.id_weight:

@@ -117,3 +117,12 @@ def test_presets_and_bad_settings():
         load_swap_config("fastest")
     with pytest.raises(UserError, match="skip"):
         load_swap_config("paper", {"skip": 100})
+
+
+def test_bf16_unet_stays_close_to_fp32(parts):
+    model, experts = parts
+    config = load_swap_config("paper", {**FAST, "sem_weight": 0})
+    args = (model, experts, images(1, 10), images(1, 11), config)
+    full = guided_swap(*args, mask=half_mask(1), generator=torch.Generator().manual_seed(0))
+    half = guided_swap(*args, mask=half_mask(1), generator=torch.Generator().manual_seed(0), autocast=torch.bfloat16)
+    assert half.valid.all() and (half.swap - full.swap).abs().mean() < 0.1
