@@ -1,0 +1,109 @@
+"""A source identity from a face photo: detect, align, embed with D_I.
+
+Export (`--source face.jpg`) and swap both start here, so an identity is computed the same way
+everywhere: the largest face (or a chosen one), aligned like MobileFaceSwap's sources (ArcFace template
+×2 at 224²), through the identity embedder, which resizes and normalises for itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekit.errors import UserError
+
+SOURCE_CROP = 224
+IDENTITY_SUFFIXES = (".npz", ".safetensors")  # our identity files: `embedding` [512] + `feature_map` [512,7,7]
+MAP_SIZE = 7
+
+
+def load_embedder(path: str | Path) -> nn.Module:
+    """D_I from a small-experts folder, an official ArcFace (`.pdparams`, `.tar`, `.pth`) or an insightface ONNX."""
+    path = Path(path)
+    if path.is_dir():
+        from facekit.small_experts import load_small_experts
+
+        return load_small_experts(path)[0]
+    if not path.is_file():
+        raise UserError(f"{path}: no such embedder (a small-experts folder or an ArcFace checkpoint)")
+    if path.suffix == ".onnx":
+        from facekit.onnx_embedder import OnnxArcFace
+
+        return OnnxArcFace(path)
+    from facekit.checkpoints import load_arcface
+
+    return load_arcface(path)
+
+
+@torch.no_grad()
+def identity_from_image(image: np.ndarray, detector, embedder: nn.Module, face_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding [1,512] L2-normalised, feature map [1,512,7,7]) of one face in an RGB uint8 image."""
+    from facekit.align import align_faces
+
+    (crop, _), = align_faces(image, detector.detect(image), SOURCE_CROP, index=face_index)
+    tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(255.0)
+    embedding, feature_map = embedder(tensor)
+    if feature_map is None:
+        raise UserError(
+            f"the embedder ({getattr(embedder, 'embedding_space', 'unknown')}) gives no 512x7x7 identity map; "
+            "the student needs the IR-SE ArcFace it was trained with"
+        )
+    return embedding, feature_map
+
+
+def resolve_identity(source: str | Path, embedder: str | Path | None, detector) -> tuple[torch.Tensor, torch.Tensor]:
+    """An identity file (.npz/.safetensors) as is, or a face photo through `embedder`."""
+    from facekit.imageio import IMAGE_SUFFIXES, read_image
+
+    source = Path(source)
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        if embedder is None:
+            raise UserError(f"{source}: a face photo needs --embedder (small-experts folder or ArcFace checkpoint)")
+        return identity_from_image(read_image(source), detector, load_embedder(embedder))
+    _, embedding, feature_map = load_identity(source)
+    return embedding, feature_map
+
+
+def load_identity(path: str | Path, dim: int = 512) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """-> (name = file stem, embedding [1,dim], feature_map [1,dim,7,7]) as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such identity file")
+    arrays = _read_arrays(path)
+    missing = [key for key in ("embedding", "feature_map") if key not in arrays]
+    if missing:
+        raise UserError(
+            f"{path}: missing {', '.join(missing)} (an identity file holds `embedding` [{dim}] and "
+            f"`feature_map` [{dim},7,7]; found: {', '.join(sorted(arrays)) or 'nothing'})"
+        )
+    embedding = torch.as_tensor(np.asarray(arrays["embedding"], dtype=np.float32)).reshape(1, -1)
+    feature_map = torch.as_tensor(np.asarray(arrays["feature_map"], dtype=np.float32))
+    if embedding.shape[1] != dim:
+        raise UserError(f"{path}: embedding has {embedding.shape[1]} values, the student expects {dim}")
+    if feature_map.dim() == 3:
+        feature_map = feature_map[None]
+    if tuple(feature_map.shape) != (1, dim, MAP_SIZE, MAP_SIZE):
+        raise UserError(f"{path}: feature_map must be [{dim},7,7], got {list(feature_map.shape)}")
+    return path.stem, embedding, feature_map
+
+
+def save_identity(path: str | Path, embedding: torch.Tensor, feature_map: torch.Tensor) -> Path:
+    path = Path(path)
+    np.savez(path, embedding=embedding.detach().cpu().numpy().reshape(-1), feature_map=feature_map.detach().cpu().numpy().reshape(-1, MAP_SIZE, MAP_SIZE))
+    return path
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.numpy import load_file
+
+            return dict(load_file(str(path)))
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+    except Exception as err:  # truncated or foreign files raise library-specific errors
+        raise UserError(f"{path}: not a readable identity file ({type(err).__name__}: {err})") from None
+    raise UserError(f"{path}: identity files are .npz or .safetensors")

@@ -1,0 +1,165 @@
+"""Swapping faces in photos and videos with a student: detect, align, swap, paste back.
+
+The swap itself runs in PyTorch (a student checkpoint, the identity baked in) or in ONNX Runtime (an
+exported swapper), so what ships to a phone can be checked on a desktop on the same photos.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from facekit.errors import UserError
+from facekit.smoothing import OneEuroFilter
+
+Identity = tuple[torch.Tensor, torch.Tensor]  # (embedding [1,D], feature map [1,D,7,7])
+
+
+class CropSwapper(Protocol):
+    """Aligned target crops [N,S,S,3] uint8 -> (swapped crops [N,S,S,3] float in [0,1], masks [N,S,S])."""
+
+    size: int
+
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _to_tensor(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def _to_numpy(images: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, masks = np.asarray(images), np.asarray(masks)
+    return images.transpose(0, 2, 3, 1).clip(0, 1), masks[:, 0]
+
+
+class TorchSwapper:
+    """A student checkpoint with one identity baked in (a plain static network)."""
+
+    def __init__(self, checkpoint: str | Path, identity: Identity):
+        from student.checkpoint import load_student
+
+        model = load_student(checkpoint)
+        self.size = model.config.resolution
+        self.net = model.bake(*identity)
+
+    @torch.no_grad()
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self.net(_to_tensor(crops))
+        return _to_numpy(images.numpy(), masks.numpy())
+
+
+class OnnxSwapper:
+    """An exported swapper in ONNX Runtime: a baked file (identity inside), or the dynamic graph fed with
+    the identity weights an injector produced."""
+
+    def __init__(self, path: str | Path, identity_weights: dict[str, np.ndarray] | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own types for foreign/corrupt files
+            raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+        inputs = self.session.get_inputs()
+        self.image_input = inputs[0].name
+        self.size = int(inputs[0].shape[-1]) if isinstance(inputs[0].shape[-1], int) else 224
+        needed = [i.name for i in inputs[1:]]
+        self.feeds = {}
+        if needed:
+            if identity_weights is None:
+                raise UserError(f"{path}: this is the dynamic swapper; it needs identity weights (pass --source)")
+            missing = [n for n in needed if n not in identity_weights]
+            if missing:
+                raise UserError(f"{path}: identity weights lack {', '.join(missing[:3])}")
+            self.feeds = {n: np.ascontiguousarray(identity_weights[n], dtype=np.float32) for n in needed}
+
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = [], []
+        for crop in _to_tensor(crops).numpy():  # phone graphs are batch 1
+            image, mask = self.session.run(None, {self.image_input: crop[None], **self.feeds})[:2]
+            images.append(image)
+            masks.append(mask)
+        return _to_numpy(np.concatenate(images), np.concatenate(masks))
+
+
+@dataclass
+class FaceSwapRun:
+    """Swaps every selected face of each frame; keeps per-face landmark filters for videos."""
+
+    detector: Callable[[np.ndarray], Sequence]
+    swapper: CropSwapper
+    face_index: int | None = None  # None: all faces, largest first
+    smooth_rate: float | None = None  # frames per second for the One-Euro filter; None: no smoothing
+    _filters: dict[int, OneEuroFilter] = field(default_factory=dict)
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
+        from facekit.align import estimate_transform, paste_back, warp_face
+
+        faces = sorted(self.detector(frame), key=lambda f: -_area(f.bbox))
+        if self.face_index is not None:
+            if self.face_index >= len(faces):
+                return frame, 0
+            faces = [faces[self.face_index]]
+        if not faces:
+            return frame, 0
+        size = self.swapper.size
+        transforms, crops = [], []
+        for slot, face in enumerate(faces):
+            landmarks = np.asarray(face.landmarks5, dtype=np.float64)
+            if self.smooth_rate:
+                landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
+            matrix = estimate_transform(landmarks, size)
+            transforms.append(matrix)
+            crops.append(warp_face(frame, matrix, size))
+        swapped, masks = self.swapper(np.stack(crops))
+        out = frame
+        for matrix, face_img, mask in zip(transforms, swapped, masks):
+            out = paste_back(out, (face_img * 255).round().astype(np.uint8), matrix, mask)
+        return out, len(faces)
+
+
+def _area(bbox: Sequence[float]) -> float:
+    x0, y0, x1, y1 = bbox[:4]
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+def open_swapper(model: str | Path, identity: Identity | None) -> CropSwapper:
+    """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder."""
+    model = Path(model)
+    if model.is_dir():
+        model = model / "swapper_dynamic.onnx"
+    if not model.is_file():
+        raise UserError(f"{model}: no such model (a student .safetensors, an exported .onnx, or an export folder)")
+    if model.suffix == ".safetensors":
+        if identity is None:
+            raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
+        return TorchSwapper(model, identity)
+    if model.suffix == ".onnx":
+        return OnnxSwapper(model, _injected_weights(model.parent / "injector.onnx", identity))
+    raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
+
+
+def _injected_weights(injector: Path, identity: Identity | None) -> dict[str, np.ndarray] | None:
+    """Identity weights from the exported injector next to a dynamic swapper (None when not applicable)."""
+    if identity is None or not injector.is_file():
+        return None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(injector), providers=["CPUExecutionProvider"])
+    embedding, feature_map = (t.numpy().astype(np.float32) for t in identity)
+    names = [i.name for i in session.get_inputs()]
+    outputs = session.run(None, dict(zip(names, (embedding, feature_map))))
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs)}
+
+
+def side_by_side(*images: np.ndarray) -> np.ndarray:
+    """source | target | result at the result's height (for --compare)."""
+    import cv2
+
+    height = images[-1].shape[0]
+    resized = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height)) for im in images]
+    return np.concatenate(resized, axis=1)
