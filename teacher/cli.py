@@ -94,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--shard-size", type=int, default=64)
     generate.add_argument("--image-size", type=int, default=64, help="crop size (diffface: the teacher's)")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--data", default="synthetic",
+                          help="'synthetic' (default) or a facekit folder data set of aligned faces (diffface teacher)")
     generate.add_argument("--out", required=True, help="data set directory")
     _add_expert_args(generate, guidance=True)
     _add_sampling_args(generate)
@@ -289,7 +291,8 @@ def _generate(args: argparse.Namespace) -> int:
         if teacher.models[0].config.image_size != args.image_size:
             raise UserError(f"--image-size {args.image_size} but the teacher works at "
                             f"{teacher.models[0].config.image_size}²: pass --image-size {teacher.models[0].config.image_size}")
-    summary = generate_pairs(args.out, teacher, experts, args.total, args.shard_size, args.image_size, args.seed)
+    summary = generate_pairs(args.out, teacher, experts, args.total, args.shard_size, args.image_size, args.seed,
+                             data=args.data)
     print(f"{args.out}: wrote {summary['written']} pairs in {summary['shards']} shards, dropped {summary['dropped']}")
     return 0
 

@@ -168,6 +168,30 @@ def synthetic_job(seed: int, count: int, size: int) -> PairJob:
     return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask)
 
 
+def folder_job(dataset, seed: int, count: int) -> PairJob:
+    """count random (source, target) pairs of different identities from a facekit FolderDataset (aligned
+    crops at the teacher's size). Landmarks missing from the data set fall back to the alignment template."""
+    from facekit.align import template_points
+
+    generator = torch.Generator().manual_seed(seed)
+    identities = dataset.identities
+    sources = torch.randint(len(dataset), (count,), generator=generator).tolist()
+    targets = []
+    for src in sources:
+        for _ in range(20):  # a different person, if the data set has one
+            tgt = int(torch.randint(len(dataset), (1,), generator=generator))
+            if identities[tgt] != identities[src]:
+                break
+        targets.append(tgt)
+    src_items, tgt_items = [dataset[i] for i in sources], [dataset[i] for i in targets]
+    size = src_items[0]["image"].shape[-1]
+    template = torch.from_numpy(template_points(size)).float()
+    landmarks = torch.stack([item["landmarks5"] if item.get("landmarks5") is not None else template
+                             for item in tgt_items])
+    return PairJob(torch.stack([item["image"] for item in src_items]), torch.stack([item["image"] for item in tgt_items]),
+                   landmarks)
+
+
 class OracleTeacher:
     """The synthetic world's ground truth, degraded per snapshot in proportion to (1 − fraction): the face
     region is mixed toward the target's identity (×0.6) and blurred (σ up to 2 px at 64²), so outputs of
@@ -235,15 +259,27 @@ class DiffusionTeacher:
 
 # --- generation ---------------------------------------------------------------------------------------
 def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shard_size: int = 64,
-                   image_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
+                   image_size: int = 64, seed: int = 0, progress: bool = True, data: str = "synthetic") -> dict:
     """Write (or finish writing) `total` pairs under root; returns {"written", "dropped", "shards"} for
-    this rank. Safe to kill at any moment and rerun."""
+    this rank. Faces come from the synthetic world or a folder data set (`data`). Safe to kill at any
+    moment and rerun."""
     root = Path(root)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     num_shards = math.ceil(total / shard_size)
     manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "total_pairs": total,
-                "shard_size": shard_size, "num_shards": num_shards, "seed": seed,
+                "shard_size": shard_size, "num_shards": num_shards, "seed": seed, "data": str(data),
                 "teacher": {"kind": teacher.kind, "snapshots": teacher.snapshots}, "sampling": teacher.settings()}
+    dataset = None
+    if data != "synthetic":
+        if teacher.kind == "oracle":
+            raise UserError("the oracle teacher only knows the synthetic world's true swaps: use --data synthetic")
+        if not Path(data).is_dir():
+            raise UserError(f"data set {data} not found: pass a facekit folder data set or 'synthetic'")
+        from facekit.folder_dataset import FolderDataset
+
+        dataset = FolderDataset(data, resolution=image_size)
+        if len(dataset) == 0:
+            raise UserError(f"data set {data} is empty")
     _claim(root, manifest)
     progress_path = root / "progress" / f"rank-{rank:05d}.json"
     mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
@@ -262,7 +298,7 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     for k in todo:
         count = min(shard_size, total - k * shard_size)
         shard_seed = seed * 1_000_003 + k * 7919
-        job = synthetic_job(shard_seed, count, image_size)
+        job = synthetic_job(shard_seed, count, image_size) if dataset is None else folder_job(dataset, shard_seed, count)
         snapshot = k % len(teacher.snapshots) if teacher.kind != "oracle" else None
         pairs, drops = _make_shard(teacher, experts, job, k, shard_size, snapshot, torch.Generator().manual_seed(shard_seed))
         for drop in drops:

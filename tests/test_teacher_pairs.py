@@ -143,3 +143,36 @@ def test_nan_pair_is_dropped_and_logged(tmp_path, caplog):
     assert "pair 3 dropped" in caplog.text
     progress = json.loads((tmp_path / "progress" / "rank-00000.json").read_text())
     assert progress["shards"]["shard-000001"]["dropped"][0]["pair"] == 3
+
+
+def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
+    """Real-photo route: pairs of different people from a facekit folder data set, swapped by a teacher."""
+    from facekit.folder_dataset import write_dataset_json
+    from facekit.imageio import write_image
+    from teacher.checkpoint import save_weights
+    from teacher.pairs import DiffusionTeacher
+    from teacher.sampling import load_swap_config
+    from teacher_tiny import tiny_unet
+
+    faces = tmp_path / "faces"
+    rng = torch.Generator().manual_seed(0)
+    faces.mkdir()
+    with open(faces / "meta.jsonl", "w") as meta:
+        for person in ("ann", "ben"):
+            for k in range(2):
+                write_image(faces / f"{person}{k}.png", torch.rand(48, 48, 3, generator=rng).numpy())
+                meta.write(json.dumps({"image": f"{person}{k}.png", "identity": person, "split": "train",
+                                       "landmarks5": None}) + "\n")
+    write_dataset_json(faces, 48, True, 4)
+    save_weights(tiny_unet(), tmp_path / "teacher.safetensors", {"snapshot_id": "t1", "fraction": 0.5})
+    experts = tiny_experts()
+    config = load_swap_config("paper", {"respacing": 4, "skip": 1, "views": 2, "mask_ramp": 2, "gaze_weight": 0})
+    teacher = DiffusionTeacher([str(tmp_path / "teacher.safetensors")], experts, config)
+    summary = generate_pairs(tmp_path / "pairs", teacher, experts, total=3, shard_size=3, image_size=32,
+                             progress=False, data=str(faces))
+    assert summary["written"] + summary["dropped"] == 3
+    data = PairDataset(tmp_path / "pairs")
+    assert read_manifest(tmp_path / "pairs")["data"] == str(faces)
+    assert all(float(item["fraction"]) == 0.5 for item in data)
+    with pytest.raises(UserError, match="oracle"):
+        generate_pairs(tmp_path / "o", OracleTeacher(), experts, total=3, image_size=32, data=str(faces))
