@@ -5,7 +5,8 @@ from facekit.arcface import IRSEArcFace
 from facekit.checkpoints import paddle_name_to_torch
 from facekit.frozen import freeze, is_frozen
 
-SMALL = dict(blocks=(1, 1, 1, 1), widths=(16, 32, 64, 512))
+SMALL = dict(blocks=(1, 1, 1, 1), widths=(16, 32, 64, 512))  # the synthetic world's size
+TINY = dict(blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16))
 
 
 def test_full_size_names_and_shapes_match_the_official_checkpoint(reference_tsv):
@@ -29,7 +30,7 @@ def test_small_network_gives_normalised_embedding_and_7x7_map_from_any_size():
 
 
 def test_resizing_inside_matches_feeding_112():
-    model = IRSEArcFace(**SMALL).eval()
+    model = IRSEArcFace(**TINY).eval()
     images = torch.rand(2, 3, 112, 112)
     assert torch.allclose(model(images)[0], model(images.clone())[0])
     big = torch.nn.functional.interpolate(images, size=224, mode="nearest")
@@ -38,7 +39,7 @@ def test_resizing_inside_matches_feeding_112():
 
 
 def test_frozen_expert_stays_in_eval_and_passes_gradients_to_the_input():
-    model = freeze(IRSEArcFace(**SMALL))
+    model = freeze(IRSEArcFace(**TINY))
     parent = nn.ModuleDict({"expert": model, "head": nn.Linear(2, 2)})
     parent.train()
     assert parent["head"].training and is_frozen(model)

@@ -12,7 +12,7 @@ def test_full_size_names_and_shapes_match_faceparser_pth(reference_tsv):
 
 
 def test_logits_come_back_at_the_callers_size_and_are_differentiable():
-    model = freeze(BiSeNet(width=0.125, input_size=64))
+    model = freeze(BiSeNet(width=0.125, input_size=32))
     images = torch.rand(2, 3, 50, 70, requires_grad=True)
     logits = model(images)
     assert logits.shape == (2, 19, 50, 70)
