@@ -120,3 +120,92 @@ def test_own_weights_roundtrip_with_config(tmp_path):
     loaded, metadata = load_teacher(tmp_path / "teacher.safetensors")
     assert loaded.config == model.config and metadata["fraction"] == 0.5
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def reference_forward(sd: dict, flags: dict, x: torch.Tensor, t: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """guided-diffusion's UNetModel + DiffFace's id_embed written out as plain functional ops over the state
+    dict, block structure from the official flags (independent of teacher.unet's module tree)."""
+    mc, mult, nrb = flags["num_channels"], (1, 2, 3, 4), flags["num_res_blocks"]
+    attention = {flags["image_size"] // int(r) for r in flags["attention_resolutions"].split(",")}
+    head = flags["num_head_channels"]
+
+    def lin(p, h):
+        return F.linear(h, sd[p + ".weight"], sd[p + ".bias"])
+
+    def gn(p, h):
+        return F.group_norm(h.float(), 32, sd[p + ".weight"], sd[p + ".bias"], eps=1e-5)
+
+    def conv(p, h, pad=1):
+        return F.conv2d(h, sd[p + ".weight"], sd[p + ".bias"], padding=pad)
+
+    half = mc // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = lin("time_embed.2", F.silu(lin("time_embed.0", torch.cat([torch.cos(args), torch.sin(args)], -1))))
+    emb = emb + lin("id_embed.2", F.silu(lin("id_embed.0", identity)))
+
+    def res(p, h, updown=None):
+        a = F.silu(gn(p + ".in_layers.0", h))
+        if updown == "down":
+            a, h = F.avg_pool2d(a, 2), F.avg_pool2d(h, 2)
+        elif updown == "up":
+            a, h = F.interpolate(a, scale_factor=2, mode="nearest"), F.interpolate(h, scale_factor=2, mode="nearest")
+        a = conv(p + ".in_layers.2", a)
+        scale, shift = lin(p + ".emb_layers.1", F.silu(emb))[..., None, None].chunk(2, dim=1)
+        a = conv(p + ".out_layers.3", F.silu(gn(p + ".out_layers.0", a) * (1 + scale) + shift))
+        skip = conv(p + ".skip_connection", h, 0) if p + ".skip_connection.weight" in sd else h
+        return skip + a
+
+    def attn(p, h):
+        b, c, hh, ww = h.shape
+        flat = h.reshape(b, c, -1)
+        qkv = F.conv1d(gn(p + ".norm", flat), sd[p + ".qkv.weight"], sd[p + ".qkv.bias"])
+        q, k, v = qkv.reshape(b * (c // head), 3 * head, -1).split(head, dim=1)
+        s = 1 / math.sqrt(math.sqrt(head))
+        w = torch.softmax(torch.einsum("bct,bcs->bts", q * s, k * s), dim=-1)
+        a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
+        return (flat + F.conv1d(a, sd[p + ".proj_out.weight"], sd[p + ".proj_out.bias"])).reshape(b, c, hh, ww)
+
+    h = conv("input_blocks.0.0", x)
+    skips, index, ds = [h], 1, 1
+    for level in range(len(mult)):
+        for _ in range(nrb):
+            h = res(f"input_blocks.{index}.0", h)
+            if ds in attention:
+                h = attn(f"input_blocks.{index}.1", h)
+            skips.append(h)
+            index += 1
+        if level != len(mult) - 1:
+            h = res(f"input_blocks.{index}.0", h, "down")
+            skips.append(h)
+            index, ds = index + 1, ds * 2
+    h = res("middle_block.2", attn("middle_block.1", res("middle_block.0", h)))
+    index = 0
+    for level in reversed(range(len(mult))):
+        for i in range(nrb + 1):
+            h = res(f"output_blocks.{index}.0", torch.cat([h, skips.pop()], dim=1))
+            layer = 1
+            if ds in attention:
+                h, layer = attn(f"output_blocks.{index}.1", h), 2
+            if level and i == nrb:
+                h, ds = res(f"output_blocks.{index}.{layer}", h, "up"), ds // 2
+            index += 1
+    return conv("out.2", F.silu(gn("out.0", h)))
+
+
+def test_forward_equals_a_plain_functional_reimplementation():
+    header, _ = read_manifest("diffface_unet_small.tsv")
+    flags = ast.literal_eval(header[header.index("{"): header.index("}") + 1])
+    torch.manual_seed(0)
+    model = UNetModel(load_unet_config("reference_small")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (1.0 / math.sqrt(max(p[0].numel(), 1))))
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([747, 3])
+    identity = F.normalize(torch.randn(2, 512), dim=1)
+    with torch.no_grad():
+        ours = model(x, t, identity)
+        reference = reference_forward(model.state_dict(), flags, x, t, identity)
+    assert ours.shape == (2, 6, 64, 64)
+    assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
