@@ -27,7 +27,9 @@ def resize_to(images: torch.Tensor, size: int | tuple[int, int], mode: str = "bi
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(images.shape[-2:]) == size:
         return images
-    return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=mode == "bilinear")
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=True)
+    return F.interpolate(images, size=size, mode=mode)
 
 
 class SEBlock(nn.Module):

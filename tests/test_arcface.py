@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from facekit.arcface import IRSEArcFace
+from facekit.arcface import IRSEArcFace, resize_to
 from facekit.checkpoints import paddle_name_to_torch
 from facekit.frozen import freeze, is_frozen
 
@@ -52,3 +52,10 @@ def test_frozen_expert_stays_in_eval_and_passes_gradients_to_the_input():
     # eval BN: the output of one sample does not depend on the rest of the batch
     alone = model(images[:1])[0]
     assert torch.allclose(alone, embedding[:1], atol=1e-5)
+
+
+def test_resize_to_keeps_label_maps_discrete_with_nearest():
+    labels = torch.tensor([[0.0, 1.0], [17.0, 4.0]])[None, None]
+    assert set(resize_to(labels, 5, mode="nearest").unique().tolist()) == {0.0, 1.0, 4.0, 17.0}
+    assert resize_to(labels, (2, 2)) is labels
+    assert resize_to(torch.rand(1, 3, 40, 40), 16).shape == (1, 3, 16, 16)
