@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch import nn
 
+from facekit.checkpoints import load_state_strict
 from facekit.errors import UserError
 from student.config import StudentConfig
 from student.model import MobileFaceSwap
@@ -66,26 +66,6 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise UserError(f"{path}: cannot read tensors ({err})") from None
     load_state_strict(model, state, str(path))
     return model.eval()
-
-
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Like `load_state_dict(strict=True)`, but the error is one line naming the first differences."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
-        if items:
-            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-    if problems:
-        raise UserError(f"{source}: does not match the {type(model).__name__} architecture: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
 def file_sha256(path: str | Path) -> str:

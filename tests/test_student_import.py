@@ -171,15 +171,15 @@ def test_truncated_missing_extra_and_misshapen_checkpoints_get_one_clear_error(t
 
     missing = dict(state)
     del missing["predictor.norm._mean"]
-    with pytest.raises(UserError, match=r"1 missing: predictor\.norm\.running_mean"):
+    with pytest.raises(UserError, match=r"missing: predictor\.norm\.running_mean"):
         import_pdparams(write_pickle(tmp_path / "missing.pdparams", missing))
 
     extra = dict(state, **{"head.extra": np.zeros(3, np.float32)})
-    with pytest.raises(UserError, match=r"1 unexpected: head\.extra"):
+    with pytest.raises(UserError, match=r"unexpected: head\.extra"):
         import_pdparams(write_pickle(tmp_path / "extra.pdparams", extra))
 
     wrong = dict(state, **{"final.7.weight": np.zeros((3, 3, 5, 5), np.float32)})
-    with pytest.raises(UserError, match=r"wrong shape: final\.7\.weight \[3, 3, 5, 5\]"):
+    with pytest.raises(UserError, match=r"shape mismatch \(file vs model\): final\.7\.weight \(3, 3, 5, 5\)"):
         import_pdparams(write_pickle(tmp_path / "wrong.pdparams", wrong))
 
     with pytest.raises(UserError, match="no such file"):
