@@ -10,6 +10,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from facekit.errors import UserError
 
@@ -151,3 +153,27 @@ def paste_faces(frame: np.ndarray, results: Sequence[tuple[np.ndarray, np.ndarra
     for face, matrix, mask in results:
         frame = paste_back(frame, face, matrix, mask, **blend)
     return frame
+
+
+def crop_to_crop_transform(src_size: int, src_style: str, dst_size: int, dst_style: str) -> np.ndarray:
+    """2x3 matrix taking an aligned crop of one convention to another (e.g. the teacher's FFHQ-style 256²
+    to ArcFace's 112²), so an expert sees the framing it was trained on."""
+    src = template_points(src_size, src_style)
+    return _umeyama_similarity(src, template_points(dst_size, dst_style))
+
+
+def warp_tensor(images: torch.Tensor, matrix: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Differentiable `warp_face` for a batch [B,C,H,W] (one 2x3 pixel matrix for all, or [B,2,3]);
+    bilinear, zeros outside, the same pixel-centre convention as cv2.warpAffine."""
+    b, _, h, w = images.shape
+    m = torch.as_tensor(np.asarray(matrix) if not torch.is_tensor(matrix) else matrix, dtype=images.dtype, device=images.device)
+    m = m.expand(b, 2, 3) if m.dim() == 2 else m
+    square = torch.cat([m, m.new_tensor([0.0, 0.0, 1.0]).expand(b, 1, 3)], dim=1)
+    inverse = torch.linalg.inv(square)[:, :2]  # crop pixel -> frame pixel
+    coords = torch.arange(size, dtype=images.dtype, device=images.device)
+    v, u = torch.meshgrid(coords, coords, indexing="ij")
+    crop_pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(1, -1, 3)
+    frame_pixels = crop_pixels @ inverse.transpose(1, 2)  # [B, size*size, 2]
+    scale = images.new_tensor([w, h])
+    grid = ((2 * frame_pixels + 1) / scale - 1).reshape(b, size, size, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

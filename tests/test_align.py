@@ -6,7 +6,7 @@ import pytest
 
 from facekit.align import (
     ARCFACE_TEMPLATE_112, align_faces, estimate_transform, paste_back, soft_paste_mask, template_points,
-    transform_points, warp_face,
+    crop_to_crop_transform, transform_points, warp_face, warp_tensor,
 )
 from facekit.errors import UserError
 
@@ -77,3 +77,24 @@ def test_multi_face_selection_and_errors():
         align_faces(frame, [], 112)
     with pytest.raises(UserError, match="5 finite"):
         estimate_transform(np.zeros((4, 2)), 112)
+
+
+def test_warp_tensor_matches_cv2_and_is_differentiable():
+    import torch
+
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), (0, 0), 2)
+    points, _ = _rotated_landmarks(12.0, 0.6, (20.0, 10.0))
+    matrix = estimate_transform(points, 64)
+    expected = warp_face(frame.astype(np.float32), matrix, 64)
+    images = torch.from_numpy(frame).permute(2, 0, 1)[None].float().requires_grad_(True)
+    warped = warp_tensor(images, matrix, 64)
+    got = warped[0].permute(1, 2, 0).detach().numpy()
+    assert np.abs(got - expected)[2:-2, 2:-2].max() < 1.0  # interior: same sampling, up to rounding
+    warped.mean().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_ffhq_crop_maps_onto_the_arcface_crop():
+    matrix = crop_to_crop_transform(256, "ffhq", 112, "arcface")
+    assert np.allclose(transform_points(template_points(256, "ffhq"), matrix), ARCFACE_TEMPLATE_112, atol=1e-6)
