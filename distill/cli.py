@@ -101,7 +101,7 @@ def quality_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from distill.data import open_pairs
-    from distill.quality import evaluate_fit, load_quality, score_pairs, true_fractions
+    from distill.quality import evaluate_fit, load_quality, score_pairs
     from distill.reweight import SCORES_FILENAME, save_histogram, write_scores
     from student.checkpoint import file_sha256
 
@@ -110,7 +110,7 @@ def quality_score(args: argparse.Namespace) -> int:
     model = load_quality(args.model, pairs.resolution)
     scores = score_pairs(pairs, model, args.combination)
     out = Path(args.out) if args.out else Path(args.pairs) / SCORES_FILENAME
-    fit = evaluate_fit(scores["quality"], true_fractions(pairs))
+    fit = evaluate_fit(scores["quality"], pairs.fractions)
     meta = {"quality_model": str(args.model), "quality_sha256": file_sha256(args.model),
             "combination": args.combination, "pairs": len(pairs), "spearman_all_pairs": fit["spearman"]}
     write_scores(out, pairs.pair_ids, {k: v.tolist() for k, v in scores.items()}, meta)

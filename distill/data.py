@@ -8,6 +8,7 @@ world, truth [3,H,W] (the perfect swap). Splits are by source identity, so valid
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,14 +17,30 @@ from torch.utils.data import Dataset
 
 from facekit.errors import UserError
 
+log = logging.getLogger(__name__)
+
 IMAGE_KEYS = ("source", "target", "swap")
-REQUIRED_KEYS = ("pair_id", "identity", *IMAGE_KEYS, "mask", "id_cosine", "fraction")
+META_KEYS = ("pair_id", "identity", "id_cosine", "fraction")
+REQUIRED_KEYS = (*META_KEYS, *IMAGE_KEYS, "mask")
 
 
 class PairList(Dataset):
-    """Pairs held in memory (tests, the evidence run, and the adapter over the teacher's reader)."""
+    """Pairs as a lazy view over an indexable source (the teacher's `PairDataset`, or dicts in memory).
 
-    def __init__(self, records: Sequence[Mapping[str, Any]]):
+    The per-pair scalars (ids, identities, teacher cosine, fraction) are held in memory, so splitting and
+    scoring never touch the images; images are read when a sample is asked for."""
+
+    def __init__(self, source: Sequence[Mapping[str, Any]], meta: Mapping[str, Sequence[Any]], resolution: int,
+                 has_truth: bool, indices: Sequence[int] | None = None):
+        self.source, self.resolution, self.has_truth = source, resolution, has_truth
+        self.indices = list(range(len(source))) if indices is None else list(indices)
+        self._meta = {k: list(v) for k, v in meta.items()}
+        if not self.indices:
+            raise UserError("no pairs to read: the pair set (or its split) is empty")
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> "PairList":
+        """In-memory pairs with the keys of this module's docstring (truth optional, all or none)."""
         if not records:
             raise UserError("no pairs to read: the pair set is empty")
         for record in records:
@@ -36,47 +53,82 @@ class PairList(Dataset):
         has_truth = {"truth" in r for r in records}
         if len(has_truth) > 1:
             raise UserError("some pairs carry a ground-truth swap and others do not: mixed pair sets are refused")
-        self.records = list(records)
-        self.resolution = sizes.pop()[0]
-        self.has_truth = has_truth.pop()
+        meta = {k: [r[k] for r in records] for k in META_KEYS}
+        return cls(list(records), meta, sizes.pop()[0], has_truth.pop())
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        sample = {k: record[k] for k in REQUIRED_KEYS}
-        sample["identity"] = str(sample["identity"])
-        sample["id_cosine"] = float(sample["id_cosine"])
-        sample["fraction"] = float(sample["fraction"])
+        row = self.indices[index]
+        item = self.source[row]
+        sample = {k: item[k] for k in (*IMAGE_KEYS, "mask")}
+        for key in META_KEYS:
+            sample[key] = self._meta[key][row]
         if self.has_truth:
-            sample["truth"] = record["truth"]
+            sample["truth"] = item["truth"]
         return sample
+
+    def _column(self, key: str) -> list[Any]:
+        return [self._meta[key][i] for i in self.indices]
 
     @property
     def pair_ids(self) -> list[str]:
-        return [str(r["pair_id"]) for r in self.records]
+        return self._column("pair_id")
 
     @property
     def identities(self) -> list[str]:
-        return [str(r["identity"]) for r in self.records]
+        return self._column("identity")
+
+    @property
+    def fractions(self) -> torch.Tensor:
+        return torch.tensor(self._column("fraction"), dtype=torch.float32)
+
+    @property
+    def id_cosines(self) -> torch.Tensor:
+        return torch.tensor(self._column("id_cosine"), dtype=torch.float32)
 
     def subset(self, indices: Sequence[int]) -> "PairList":
-        return PairList([self.records[i] for i in indices])
+        return PairList(self.source, self._meta, self.resolution, self.has_truth, [self.indices[i] for i in indices])
 
 
 def open_pairs(path: str | Path) -> PairList:
-    """Read a pair directory written by `distilswap pairs generate` through the teacher's own reader."""
+    """A pair directory written by `distilswap pairs generate`, read through the teacher's own reader.
+
+    The format has no identity labels: every pair of `pairs generate` draws a new source person, so a pair's
+    index is its source identity (a `source_identity` tensor, when a writer adds one, is used instead). The
+    ground-truth swap is used when the shards carry a `truth` tensor."""
+    from teacher.pairs import PairDataset
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such pair directory; write pairs with `distilswap pairs generate`")
     try:
-        from teacher import pairs as teacher_pairs
-    except ModuleNotFoundError as err:
-        if err.name != "teacher.pairs":
-            raise
-        raise UserError("this install has no pair reader (teacher.pairs): cannot read pair shards") from None
-    return PairList(list(teacher_pairs.iter_records(path)))
+        dataset = PairDataset(path)
+    except UserError:
+        raise
+    except Exception as err:  # a damaged shard: safetensors / json errors name the cause
+        raise UserError(f"{path}: cannot read the pair shards ({type(err).__name__}: {err}); "
+                        "regenerate the damaged shard (rerun `distilswap pairs generate`) or remove it") from None
+    if len(dataset) == 0:
+        raise UserError(f"{path}: no finished shards yet; let `distilswap pairs generate` finish")
+    meta: dict[str, list[Any]] = {k: [] for k in META_KEYS}
+    has_truth = None
+    for i in range(len(dataset)):  # sequential: the reader loads each shard once
+        try:
+            item = dataset[i]
+        except Exception as err:
+            raise UserError(f"{path}: pair {i} is unreadable ({type(err).__name__}: {err}); regenerate its shard") from None
+        index = int(item["pair_index"])
+        meta["pair_id"].append(str(index))
+        meta["identity"].append(str(int(item["source_identity"])) if "source_identity" in item else str(index))
+        meta["id_cosine"].append(float(item["id_similarity"]))
+        meta["fraction"].append(float(item["fraction"]))
+        has_truth = "truth" in item if has_truth is None else has_truth and "truth" in item
+    resolution = int(dataset.manifest["image_size"])
+    log.info("%s: %d pairs from %d shards at %d²%s", path, len(dataset), len(dataset.shards), resolution,
+             " with ground truth" if has_truth else "")
+    return PairList(dataset, meta, resolution, bool(has_truth))
 
 
 def split_by_identity(identities: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -103,6 +155,3 @@ def _unit_hash(label: str, seed: int) -> float:
     digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
-
-def stack(samples: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor:
-    return torch.stack([s[key] for s in samples])

@@ -74,10 +74,6 @@ def load_imagenet(model: QualityRegressor, path: str | None) -> str:
     return f"imagenet:{Path(path).name}"
 
 
-def true_fractions(pairs: PairList) -> torch.Tensor:
-    return torch.tensor([float(r["fraction"]) for r in pairs.records])
-
-
 @torch.no_grad()
 def predict(model: QualityRegressor, pairs: PairList, batch_size: int = 64) -> torch.Tensor:
     """Q's score for every pair's teacher swap, in pair order."""
@@ -126,7 +122,7 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
             if step >= config.steps:
                 break
     bar.close()
-    fraction = true_fractions(val)
+    fraction = val.fractions
     report = {
         "init": init,
         "train_pairs": len(train),
@@ -193,7 +189,7 @@ def score_pairs(pairs: PairList, model: QualityRegressor, combination: str = "pr
     from distill.reweight import coefficient, identity_term
 
     quality = predict(model, pairs)
-    cosine = torch.tensor([float(r["id_cosine"]) for r in pairs.records])
+    cosine = pairs.id_cosines
     return {
         "quality": quality,
         "id_cosine": cosine,

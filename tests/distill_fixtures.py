@@ -12,9 +12,9 @@ from facekit.frozen import freeze
 from distill.data import PairList
 
 
-def tiny_embedder(dim: int = 64) -> IRSEArcFace:
+def tiny_embedder(dim: int = 32) -> IRSEArcFace:
     torch.manual_seed(0)
-    return freeze(IRSEArcFace(blocks=(1, 1, 1, 1), widths=(8, 16, 32, dim), embedding_dim=dim))
+    return freeze(IRSEArcFace(blocks=(1, 1, 1, 1), widths=(4, 8, 16, dim), embedding_dim=dim))
 
 
 def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def synthetic_pairs(identities: int = 4, per_identity: int = 3, size: int = 32, 
     if embedder is not None:
         with torch.no_grad():
             cosine = F.cosine_similarity(embedder(src["image"])[0], embedder(swap)[0])
-    return PairList([
+    return PairList.from_records([
         {"pair_id": f"p{i:04d}", "identity": f"id{int(source_rows[i])}", "source": src["image"][i],
          "target": tgt["image"][i], "swap": swap[i], "mask": mask[i], "id_cosine": float(cosine[i]),
          "fraction": float(fraction[i]), "truth": truth["image"][i]}

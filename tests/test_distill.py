@@ -26,7 +26,7 @@ def pairs(embedder):
     return synthetic_pairs(identities=4, per_identity=3, size=32, embedder=embedder)
 
 
-def tiny_student(identity_dim: int = 64) -> MobileFaceSwap:
+def tiny_student(identity_dim: int = 32) -> MobileFaceSwap:
     torch.manual_seed(0)
     return MobileFaceSwap(scaled(StudentConfig(resolution=32, identity_dim=identity_dim), 0.25))
 
@@ -66,7 +66,7 @@ def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
     config = DistillConfig(steps=2, amp=True, **{k: v for k, v in TINY.items() if k != "amp"})  # bf16 on CPU
     result = distill(pairs, embedder, None, config, tmp_path, scores, "scores", progress=False)
     student = load_student(tmp_path / "student.safetensors")
-    assert student.config == scaled(StudentConfig(resolution=32, identity_dim=64), 0.25)
+    assert student.config == scaled(StudentConfig(resolution=32, identity_dim=32), 0.25)
     table = json.loads((tmp_path / "eval.json").read_text())
     for key in ("l1_vs_teacher", "id_sim_source", "mask_iou_teacher", "truth_l1", "truth_psnr_face"):
         assert key in table["student"]
@@ -78,13 +78,14 @@ def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
 
 
 def test_resume_continues_exactly(pairs, embedder, tmp_path):
-    straight = DistillConfig(steps=4, reweight="off", **TINY)
+    tiny = {**TINY, "checkpoint_every": 1}
+    straight = DistillConfig(steps=2, reweight="off", **tiny)
     distill(pairs, embedder, None, straight, tmp_path / "a", progress=False)
-    distill(pairs, embedder, None, DistillConfig(steps=2, reweight="off", **TINY), tmp_path / "b", progress=False)
+    distill(pairs, embedder, None, DistillConfig(steps=1, reweight="off", **tiny), tmp_path / "b", progress=False)
     distill(pairs, embedder, None, straight, tmp_path / "b", progress=False)  # same command, longer: resumes
     state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert state_a["step"] == state_b["step"] == 4
+    assert state_a["step"] == state_b["step"] == 2
     for key in ("student", "ema"):
         for name, value in state_a[key].items():
             assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after resume"
@@ -97,7 +98,7 @@ def test_refuses_mismatched_inputs(pairs, embedder, tmp_path):
     partial = {pid: {"id_cosine": 1.0, "quality": 1.0} for pid in pairs.pair_ids[:2]}
     with pytest.raises(UserError, match="have no score"):
         distill(pairs, embedder, None, config, tmp_path / "r", partial, "s.json", progress=False)
-    other = save_student(MobileFaceSwap(scaled(StudentConfig(resolution=32, identity_dim=64), 0.5)), tmp_path / "w.st")
+    other = save_student(MobileFaceSwap(scaled(StudentConfig(resolution=32, identity_dim=32), 0.5)), tmp_path / "w.st")
     with pytest.raises(UserError, match="student checkpoint is 32² encoder"):
         distill(pairs, embedder, None, DistillConfig(steps=1, reweight="off", **TINY), tmp_path / "r", init=str(other),
                 progress=False)

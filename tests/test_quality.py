@@ -48,7 +48,7 @@ def test_split_by_identity_keeps_each_identity_on_one_side():
 def test_pair_list_refuses_mixed_resolutions(pairs):
     other = synthetic_pairs(identities=2, per_identity=1, size=64)
     with pytest.raises(UserError, match="mix resolutions"):
-        PairList(pairs.records + other.records)
+        PairList.from_records([pairs[i] for i in range(len(pairs))] + [other[0]])
 
 
 def test_train_save_load_score(pairs, tmp_path):
