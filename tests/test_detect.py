@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from facekit.align import ARCFACE_TEMPLATE_112, estimate_transform, transform_points
 from facekit.detect import DlibDetector, InsightFaceDetector, landmarks68_to_5, make_detector
@@ -59,3 +60,42 @@ def test_68_to_5_uses_eye_centres_nose_tip_and_mouth_corners():
     points = np.zeros((68, 2), np.float32)
     points[36:42], points[42:48], points[30], points[48], points[54] = (1, 1), (5, 1), (3, 3), (2, 5), (4, 5)
     assert landmarks68_to_5(points).tolist() == [[1, 1], [5, 1], [3, 3], [2, 5], [4, 5]]
+
+
+class _PlantedSCRFD(torch.nn.Module):
+    """An SCRFD-format network (9 outputs: scores, box and keypoint distances at strides 8/16/32, two
+    anchors per cell) that "detects" one fixed face at stride 32 in a 640² input."""
+
+    def __init__(self, cell=(9, 10), box=(60.0, 70.0, 60.0, 90.0)):
+        super().__init__()
+        self.index = 2 * (cell[0] * 20 + cell[1])  # first anchor of cell (row, col) on the 20x20 map
+        self.centre = (cell[1] * 32.0, cell[0] * 32.0)
+        self.box = box
+        self.kps = [(-25.0, -20.0), (25.0, -20.0), (0.0, 5.0), (-20.0, 35.0), (20.0, 35.0)]
+
+    def forward(self, x):
+        zero = x.mean() * 0.0  # keeps the input in the graph
+        outs = [torch.zeros(n, width) + zero for width in (1, 4, 10) for n in (12800, 3200, 800)]
+        score, boxes, kps = outs[2].clone(), outs[5].clone(), outs[8].clone()
+        score[self.index, 0] = 0.9
+        boxes[self.index] = torch.tensor(self.box) / 32.0
+        kps[self.index] = torch.tensor([v for point in self.kps for v in point]) / 32.0
+        return outs[0], outs[1], score, outs[3], outs[4], boxes, outs[6], outs[7], kps
+
+
+def test_insightface_detector_runs_an_scrfd_pack_and_rescales_to_the_photo(tmp_path):
+    import warnings
+
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    network = _PlantedSCRFD()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (torch.rand(1, 3, 640, 640),), str(pack / "det_10g.onnx"), dynamo=False, opset_version=11)
+    detector = make_detector(tmp_path)
+    face, = detector.detect(np.zeros((320, 320, 3), np.uint8))  # half size: everything scales by 1/2
+    cx, cy = network.centre
+    left, top, right, bottom = network.box
+    assert np.allclose(face.bbox, np.array([cx - left, cy - top, cx + right, cy + bottom]) / 2, atol=0.5)
+    assert np.allclose(face.landmarks5, (np.array(network.kps) + (cx, cy)) / 2, atol=0.5)
+    assert abs(face.score - 0.9) < 1e-3 and face.landmarks68 is None
