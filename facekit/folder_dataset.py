@@ -177,7 +177,8 @@ class FolderDataset(Dataset):
         Identities: `<identity>/<name>.jpg` folders, or one identity per file for a flat folder. Unaligned
         photos are detected (largest face) and aligned (`style`: "ffhq" for the teacher, "arcface" for
         ArcFace/student crops); `aligned=True` photos are only resized. `embedder` (e.g. a frozen
-        IRSEArcFace, returning (z, F) or z) fills embeddings.npy. The split is a stable hash of the identity.
+        IRSEArcFace, returning (z, F) or z) fills embeddings.npy with embedder(stored crop), exactly what a
+        training loop would compute on the fly. The split is a stable hash of the identity.
         """
         source, cache = Path(source), Path(cache)
         files = list_images(source)
@@ -275,7 +276,8 @@ def _cache_embeddings(cache: Path, records: Sequence[dict], embedder: Callable, 
         rows = np.zeros((0, 0), np.float32)
     chunks = [rows] if rows.shape[0] else []
     todo = list(records[rows.shape[0]:])
-    device = next(iter(getattr(embedder, "parameters", lambda: iter([torch.empty(0)]))()), torch.empty(0)).device
+    parameters = list(embedder.parameters()) if isinstance(embedder, torch.nn.Module) else []
+    device = parameters[0].device if parameters else torch.device("cpu")
     with torch.no_grad():
         for start in tqdm(range(0, len(todo), batch_size), desc="identity embeddings", unit="batch"):
             batch = [read_image(cache / r["image"]) for r in todo[start:start + batch_size]]
