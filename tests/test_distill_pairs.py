@@ -41,6 +41,8 @@ def test_quality_cli_then_distill_from_shards(pair_dir, tmp_path, capsys):
     config = DistillConfig(steps=1, width=0.25, batch_size=4, val_fraction=0.3, amp=False)
     result = distill(pairs, tiny_embedder(), None, config, tmp_path / "run", scores, "scores.json", progress=False)
     assert result["run"]["train_pairs"] + result["run"]["val_pairs"] == 16
+    # oracle pairs: the perfect swap is re-rendered, so both models are also measured against it
+    assert pairs.has_truth and result["teacher"]["truth_l1"] < result["student"]["truth_l1"]
 
 
 def test_damaged_shard_is_refused_with_reason(pair_dir, tmp_path, capsys):
