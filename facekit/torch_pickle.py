@@ -179,6 +179,8 @@ def _load_legacy(path: Path, data: bytes) -> tuple[Any, dict[str, torch.Tensor]]
         raise UserError(f"{path}: not a torch checkpoint (unknown header)")
     obj, refs = _unpickle(stream, str(path))
     keys, _ = _unpickle(stream, str(path))
+    if not isinstance(keys, list):
+        raise UserError(f"{path}: not a torch checkpoint (no storage list)")
     storages = {}
     for key in keys:
         ref = refs.get(str(key))
@@ -194,7 +196,7 @@ def _load_legacy(path: Path, data: bytes) -> tuple[Any, dict[str, torch.Tensor]]
 def _resolve(obj: Any, storages: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, TensorRef):
         flat = storages[obj.storage.key]
-        return torch.as_strided(flat, obj.size, obj.stride, obj.offset).clone()
+        return torch.as_strided(flat, obj.size, obj.stride, obj.offset)  # a view: no second copy of the weights
     if isinstance(obj, dict):
         return type(obj)((key, _resolve(value, storages)) for key, value in obj.items())
     if isinstance(obj, (list, tuple)):
@@ -210,16 +212,15 @@ def load_torch_pickle(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    data = path.read_bytes()
-    if not data:
+    if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    if zipfile.is_zipfile(path):
         try:
             obj, storages = _load_zip(path)
         except zipfile.BadZipFile as err:
             raise UserError(f"{path}: corrupt zip archive ({err})") from None
     else:
-        obj, storages = _load_legacy(path, data)
+        obj, storages = _load_legacy(path, path.read_bytes())
     try:
         return _resolve(obj, storages)
     except (KeyError, RuntimeError, ValueError, TypeError) as err:  # tensor views that do not fit their storage
