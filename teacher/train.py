@@ -160,7 +160,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
                 for name, value in {**scalars, "grad_norm": float(grad_norm)}.items():
                     writer.add_scalar(f"train/{name}", value, step)
             if step % config.image_every == 0 or step == config.steps:
-                _log_images(writer, x0, terms["pred_xstart"], step)
+                _log_images(writer, ema.model, experts, x0, terms["pred_xstart"], step)
             if step in snapshots:
                 save_weights(ema.model, out / "snapshots" / f"step_{step:07d}.safetensors",
                              {"step": step, "fraction": snapshots[step], "snapshot_id": f"step_{step:07d}",
@@ -202,13 +202,24 @@ def _writer(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def _log_images(writer, x0: torch.Tensor, pred_xstart: torch.Tensor, step: int) -> None:
-    """Clean faces above the model's one-step x̂0 for them (random t): a cheap look at what it learnt."""
+def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred_xstart: torch.Tensor,
+                step: int) -> None:
+    """Rows: clean faces; the model's one-step x̂0 (random t); short unguided DDIM samples from each face
+    noised halfway, conditioned on its own identity and on its neighbour's (is the condition used?)."""
     from torchvision.utils import make_grid
 
+    from .sampling import SwapConfig, guided_swap
+
     n = min(8, x0.shape[0])
-    grid = make_grid(torch.cat([x0[:n], pred_xstart[:n].detach().float().clamp(-1, 1)]), nrow=n)
-    writer.add_image("train/x0_and_pred_x0", (grid + 1) / 2, step)
+    faces = x0[:n]
+    preview = SwapConfig(respacing=10, skip=4, sampler="ddim", id_weight=0, sem_weight=0, gaze_weight=0,
+                         target_mse_weight=0, mask_ramp=1)
+    ones = torch.ones_like(faces[:, :1])
+    own = guided_swap(ema, experts, faces, faces, preview, mask=ones, generator=torch.Generator().manual_seed(0))
+    other = guided_swap(ema, experts, faces.roll(1, 0), faces, preview, mask=ones,
+                        generator=torch.Generator().manual_seed(0))
+    rows = [faces, pred_xstart[:n].detach().float().clamp(-1, 1), own.swap, other.swap]
+    writer.add_image("train/x0_predx0_own-id_other-id", (make_grid(torch.cat(rows), nrow=n) + 1) / 2, step)
 
 
 def _checkpoint_paths(out: Path, step: int) -> dict[str, Path]:

@@ -23,7 +23,7 @@ def config(tmp_path, name, **overrides):
     unet = tmp_path / "unet.json"  # JSON is YAML
     unet.write_text(json.dumps(TINY_UNET.to_dict()))
     settings = dict(out=str(tmp_path / name), unet=str(unet.with_suffix(".json")), steps=4, batch_size=2,
-                    checkpoint_every=2, log_every=1, image_every=2, snapshot_fractions=[0.5, 1.0], lr=1e-3)
+                    checkpoint_every=2, log_every=1, image_every=4, snapshot_fractions=[0.5, 1.0], lr=1e-3)
     settings.update(overrides)
     return load_train_config(None, settings)
 
@@ -80,3 +80,21 @@ def test_snapshot_steps_and_bad_settings(tmp_path):
     bigger = config(tmp_path, "other", extra_unet={"model_channels": 64})
     with pytest.raises(UserError, match="different UNet"):
         train(bigger, tiny_experts())
+
+
+def test_trains_from_a_folder_data_set(tmp_path):
+    from facekit.folder_dataset import write_dataset_json
+    from facekit.imageio import write_image
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    with open(faces / "meta.jsonl", "w") as meta:
+        for k in range(3):
+            write_image(faces / f"p{k}.png", torch.rand(40, 40, 3, generator=rng).numpy())
+            meta.write(json.dumps({"image": f"p{k}.png", "identity": f"p{k}", "split": "train", "landmarks5": None}) + "\n")
+    write_dataset_json(faces, 40, True, 3)
+    run = train(config(tmp_path, "folder", data=str(faces), steps=1, image_every=1), tiny_experts())
+    assert (run / "checkpoints/step_0000001.ema.safetensors").is_file()
+    with pytest.raises(UserError, match="not found"):
+        train(config(tmp_path, "missing", data=str(tmp_path / "nowhere")), tiny_experts())
