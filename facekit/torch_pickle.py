@@ -87,8 +87,12 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): NUMPY_GLOBALS[("collections", "OrderedDict")],
     ("_codecs", "encode"): NUMPY_GLOBALS[("_codecs", "encode")],
+    # Training checkpoints also pickle the optimizer, whose state is a defaultdict(dict).
+    ("collections", "defaultdict"): lambda *unused: {},
     ("builtins", "set"): set,
+    ("builtins", "dict"): dict,
     ("__builtin__", "set"): set,  # protocol-2 pickles name builtins the Python 2 way
+    ("__builtin__", "dict"): dict,
     ("torch", "device"): lambda *args: ":".join(map(str, args)),
     ("torch", "Size"): tuple,
 }

@@ -128,7 +128,12 @@ def test_simswap_whole_model_pickle_loads_without_importing_its_classes(tmp_path
     expected = reference(images)
     original = _as_original(_randomised(IRSEArcFace(**SMALL)), original_classes)
     path = tmp_path / "Arcface.tar"
-    torch.save({"epoch": 3, "model": nn.DataParallel(original)}, path, _use_new_zipfile_serialization=zip_format)
+    optimizer = torch.optim.SGD(original.parameters(), lr=0.1, momentum=0.9)
+    original(images).__getitem__(0).sum().backward()
+    optimizer.step()  # momentum buffers: the training checkpoint also pickles the optimizer object
+    original.load_state_dict(_randomised(IRSEArcFace(**SMALL)).state_dict())
+    checkpoint = {"epoch": 3, "model": nn.DataParallel(original), "optimizer": optimizer}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
     monkeypatch.delitem(sys.modules, "models.models")  # the original code is not importable when we load
     monkeypatch.delitem(sys.modules, "models")
     model = load_arcface(path, **SMALL)
