@@ -512,25 +512,3 @@ def swap_truth(source_identity: Params, target_attributes: Params, target_contex
 ]:
     """The perfect swap: the source's identity with the target's pose, expression, gaze, lighting and context."""
     return render_batch(source_identity, target_attributes, target_context, size)
-
-
-def _benchmark() -> None:
-    """`python -m facekit.synthetic [size] [n]`: faces per second on one core."""
-    import sys
-    import time
-
-    torch.set_num_threads(1)
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 128
-    total = int(sys.argv[2]) if len(sys.argv) > 2 else 2048
-    batch = 64
-    ids, attrs, ctxs = sample_identities(batch, 0), sample_attributes(batch, 1), sample_contexts(batch, 2)
-    render_batch(ids, attrs, ctxs, size)
-    start = time.perf_counter()
-    for _ in range(total // batch):
-        render_batch(ids, attrs, ctxs, size)
-    elapsed = time.perf_counter() - start
-    print(f"{(total // batch) * batch / elapsed:.0f} faces/s at {size}x{size} on 1 thread (batch {batch})")
-
-
-if __name__ == "__main__":
-    _benchmark()

@@ -1,0 +1,232 @@
+"""`distilswap experts train|show` and `distilswap world render|dataset|sheet|bench`: the synthetic face
+world and the small experts trained on it."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_experts(subparsers)
+    _register_world(subparsers)
+
+
+def _register_experts(subparsers: argparse._SubParsersAction) -> None:
+    experts = subparsers.add_parser(
+        "experts", help="train/inspect the frozen face experts (identity, parser, gaze)",
+        description="The face experts every stage leans on: identity embedder (IR-SE ArcFace), face parser "
+        "(BiSeNet) and gaze estimator (EyeNet). Without official weights, small ones are trained on the "
+        "synthetic world.")
+    commands = experts.add_subparsers(dest="experts_command", metavar="ACTION", required=True)
+
+    train = commands.add_parser(
+        "train", help="train the small experts on the synthetic world (cached, resumable)", formatter_class=RAW,
+        description="Train the three small experts on faces drawn on the fly, save NAME.safetensors + NAME.json "
+        "per expert and a results table (results.json, results.md). An expert already trained with the same "
+        "settings is reused; an interrupted run resumes from its last partial checkpoint.\n"
+        "Presets: demo (~3 min on 2 CPU cores), full (~10x the steps), tiny (seconds, for tests).\n"
+        "Examples:\n"
+        "  distilswap experts train --world synthetic --out runs/experts\n"
+        "  distilswap experts train --world synthetic --out runs/experts_full --preset full\n"
+        "  distilswap experts train --world synthetic --out runs/experts --only parser --config my.yaml\n"
+        "YAML overrides nest like the preset: {seed: 1, embedder: {steps: 300}, gaze: {steps: 0}}.")
+    train.add_argument("--world", default="synthetic", choices=["synthetic"],
+                       help="where the training faces come from (only the synthetic world: real-data experts "
+                       "are the official checkpoints)")
+    train.add_argument("--out", required=True, help="directory for the experts (created if missing)")
+    train.add_argument("--preset", default="demo", help="demo | full | tiny (default demo)")
+    train.add_argument("--config", help="YAML of overrides on top of the preset")
+    train.add_argument("--only", nargs="+", choices=["embedder", "parser", "gaze"],
+                       help="train only these experts (default: all three)")
+    train.add_argument("--seed", type=int, help="world seed (identities, faces, initialisation)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_experts_train)
+
+    show = commands.add_parser("show", help="print the scores of trained experts",
+                               description="Print the results table of an experts directory.")
+    show.add_argument("directory")
+    show.set_defaults(func=_experts_show)
+
+
+def _register_world(subparsers: argparse._SubParsersAction) -> None:
+    world = subparsers.add_parser(
+        "world", help="the synthetic face world: previews, data sets, swap contact sheets",
+        description="Procedural faces with known identity, pose, expression, gaze and context: every face "
+        "swap has an exact answer (the source's identity drawn with the target's attributes and context).")
+    commands = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
+
+    render = commands.add_parser(
+        "render", help="a grid of random faces (and their label maps) as a PNG", formatter_class=RAW,
+        description="Example:\n  distilswap world render --out faces.png --count 16 --size 128 --labels")
+    render.add_argument("--out", required=True, help="PNG file")
+    render.add_argument("--count", type=int, default=16)
+    render.add_argument("--size", type=int, default=128)
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--labels", action="store_true", help="add a row of colour-coded BiSeNet label maps")
+    render.set_defaults(func=_world_render)
+
+    dataset = commands.add_parser(
+        "dataset", help="write a data set in the shared folder format (train/test split by identity)",
+        formatter_class=RAW,
+        description="Images, label maps, landmarks, gaze and all parameters, readable by "
+        "facekit.folder_dataset.FolderDataset like real data. Same settings -> same bytes; an interrupted "
+        "write resumes. Example:\n"
+        "  distilswap world dataset --out data/synthetic --identities 200 --per-identity 10 --size 128")
+    dataset.add_argument("--out", required=True, help="data set directory")
+    dataset.add_argument("--identities", type=int, default=200)
+    dataset.add_argument("--per-identity", type=int, default=10, dest="per_identity")
+    dataset.add_argument("--size", type=int, default=128)
+    dataset.add_argument("--test-fraction", type=float, default=0.2, dest="test_fraction",
+                         help="fraction of identities held out as the test split")
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.set_defaults(func=_world_dataset)
+
+    sheet = commands.add_parser(
+        "sheet", help="contact sheet: sources x targets with the ground-truth swaps (PNG)", formatter_class=RAW,
+        description="Top row: targets; left column: sources (frontal); cell (i, j): the true swap of source i "
+        "onto target j. Example:\n  distilswap world sheet --out sheet.png --sources 4 --targets 6")
+    sheet.add_argument("--out", required=True, help="PNG file")
+    sheet.add_argument("--sources", type=int, default=4)
+    sheet.add_argument("--targets", type=int, default=6)
+    sheet.add_argument("--size", type=int, default=128)
+    sheet.add_argument("--seed", type=int, default=0)
+    sheet.set_defaults(func=_world_sheet)
+
+    bench = commands.add_parser("bench", help="rendering speed (faces/s on one CPU thread)",
+                                description="Example:\n  distilswap world bench --size 128", formatter_class=RAW)
+    bench.add_argument("--size", type=int, default=128)
+    bench.add_argument("--count", type=int, default=2048, help="faces to render (after one warm-up batch)")
+    bench.add_argument("--batch-size", type=int, default=64, dest="batch_size")
+    bench.set_defaults(func=_world_bench)
+
+
+def _check_size(size: int) -> None:
+    from facekit.errors import UserError
+
+    if not 32 <= size <= 512:
+        raise UserError(f"--size {size} is out of range; use 32..512 (64..256 is typical)")
+
+
+def _check_count(name: str, value: int, low: int = 1) -> None:
+    from facekit.errors import UserError
+
+    if value < low:
+        raise UserError(f"{name} must be at least {low}, got {value}")
+
+
+def _png_path(out: str) -> Path:
+    from facekit.errors import UserError
+
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: give a .png file name")
+    return path
+
+
+def _experts_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from facekit.errors import UserError
+    from facekit.small_experts import EXPERTS, make_config, results_table, train_experts
+
+    overrides = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"--config {args.config} not found")
+        overrides = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(overrides, dict):
+            raise UserError(f"--config {args.config}: expected a mapping of settings, got {type(overrides).__name__}")
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = make_config(args.preset, overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = tuple(e for e in EXPERTS if e in (args.only or EXPERTS) and getattr(config, e).steps > 0)
+    results = train_experts(args.out, config, chosen, progress=not args.quiet)
+    print(results_table(results))
+    print(f"experts in {args.out} (results.md, results.json)")
+    return 0
+
+
+def _experts_show(args: argparse.Namespace) -> int:
+    import json
+
+    from facekit.errors import UserError
+    from facekit.small_experts import EXPERTS, results_table
+
+    directory = Path(args.directory)
+    records = {e: json.loads((directory / f"{e}.json").read_text()) for e in EXPERTS if (directory / f"{e}.json").exists()}
+    if not records:
+        raise UserError(f"no trained experts in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
+    print(results_table(records))
+    return 0
+
+
+def _world_render(args: argparse.Namespace) -> int:
+    import torch
+    from torchvision.utils import make_grid
+
+    from facekit import synthetic
+    from facekit.synthetic_dataset import colorize, save_image
+
+    _check_size(args.size)
+    _check_count("--count", args.count)
+    path = _png_path(args.out)
+    people = synthetic.sample_identities(args.count, args.seed)
+    contexts = synthetic.match_neck(synthetic.sample_contexts(args.count, args.seed + 2), people)
+    out = synthetic.render_batch(people, synthetic.sample_attributes(args.count, args.seed + 1), contexts, args.size)
+    tiles = out["image"]
+    rows = max(1, round(args.count**0.5))
+    if args.labels:
+        tiles = torch.cat([tiles, colorize(out["labels"])])
+        rows = args.count
+    save_image(make_grid(tiles, nrow=rows, padding=2, pad_value=1.0), path)
+    print(f"wrote {path}")
+    return 0
+
+
+def _world_dataset(args: argparse.Namespace) -> int:
+    from facekit.synthetic_dataset import WorldConfig, write_dataset
+
+    config = WorldConfig(seed=args.seed, identities=args.identities, per_identity=args.per_identity, size=args.size,
+                         test_fraction=args.test_fraction)
+    root = write_dataset(args.out, config)
+    print(f"{config.num_samples} faces of {config.identities} identities in {root} "
+          f"({len(config.test_identities())} identities in the test split)")
+    return 0
+
+
+def _world_sheet(args: argparse.Namespace) -> int:
+    from facekit.synthetic_dataset import contact_sheet, save_image
+
+    _check_size(args.size)
+    _check_count("--sources", args.sources)
+    _check_count("--targets", args.targets)
+    path = save_image(contact_sheet(args.sources, args.targets, args.size, args.seed), _png_path(args.out))
+    print(f"wrote {path}: {args.sources} sources x {args.targets} targets with ground-truth swaps")
+    return 0
+
+
+def _world_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from facekit import synthetic
+
+    _check_size(args.size)
+    _check_count("--batch-size", args.batch_size)
+    n = args.batch_size
+    params = (synthetic.sample_identities(n, 0), synthetic.sample_attributes(n, 1), synthetic.sample_contexts(n, 2))
+    synthetic.render_batch(*params, size=args.size)  # warm-up
+    batches = max(1, args.count // n)
+    start = time.perf_counter()
+    for _ in range(batches):
+        synthetic.render_batch(*params, size=args.size)
+    rate = batches * n / (time.perf_counter() - start)
+    print(f"{rate:.0f} faces/s at {args.size}x{args.size} on one CPU thread (batches of {n}, labels and landmarks included)")
+    return 0

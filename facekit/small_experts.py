@@ -1,0 +1,502 @@
+"""The three experts, small, trained on the synthetic world: what the demo, the tests and the benchmark use
+when no official weights are around. Same classes as the real experts (`IRSEArcFace`, `BiSeNet`, `EyeNet`)
+at small widths, so every later stage runs the same code on them.
+
+- embedder: IRSEArcFace with a 512x7x7 map (the student's weight predictor needs it), trained with an
+  ArcFace additive angular margin head over the training identities; scored by verification accuracy on
+  identities it never saw (same/different pairs, best threshold).
+- parser: BiSeNet, per-pixel cross-entropy on the rendered labels; scored by mIoU on unseen identities.
+- gaze: EyeNet on crops from the 5 landmarks (`crop_eyes`), L1 on (pitch, yaw); scored by angular error.
+
+Faces are rendered on the fly from per-step seeds (an endless, exactly reproducible data stream), so a run
+resumes bit-for-bit from its last partial checkpoint. A directory holds one file pair per expert
+(NAME.safetensors + NAME.json with class, arguments, config and scores); an expert whose config is
+unchanged is reused, not retrained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facekit import synthetic
+from facekit.errors import UserError
+
+EXPERTS = ("embedder", "parser", "gaze")
+VERSION = 1  # bump when training code changes what a config produces
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    widths: tuple[int, ...] = (16, 32, 64, 512)
+    embedding_dim: int = 512
+    input_size: int = 112
+    steps: int = 60
+    batch_size: int = 24
+    lr: float = 2e-3
+    margin: float = 0.3      # ArcFace additive angular margin (radians)
+    scale: float = 16.0      # logit scale s
+    eval_identities: int = 40
+    eval_per_identity: int = 4
+
+
+@dataclass(frozen=True)
+class ParserConfig:
+    width: float = 0.25
+    input_size: int = 64
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 3e-3
+    eval_samples: int = 64
+
+
+@dataclass(frozen=True)
+class GazeConfig:
+    nstack: int = 1
+    nfeatures: int = 16
+    nlandmarks: int = 8
+    image_size: int = 128    # faces are drawn at this size before the 96x160 eye crops
+    steps: int = 15
+    batch_size: int = 4      # faces per step (two eye crops each)
+    lr: float = 1e-3
+    eval_samples: int = 24
+
+
+@dataclass(frozen=True)
+class ExpertsConfig:
+    """Everything that decides the trained experts: equal configs give equal weights."""
+
+    seed: int = 0
+    train_identities: int = 200
+    checkpoint_every: int = 25
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    parser: ParserConfig = field(default_factory=ParserConfig)
+    gaze: GazeConfig = field(default_factory=GazeConfig)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~3 minutes for all three on 2 CPU cores: what `make demo` trains.
+    "demo": {},
+    # ~10x the steps: better experts for benchmarks (tens of minutes on 2 cores, minutes on a GPU).
+    "full": {
+        "train_identities": 1000,
+        "checkpoint_every": 100,
+        "embedder": {"steps": 1500, "batch_size": 64, "eval_identities": 200},
+        "parser": {"width": 0.5, "input_size": 128, "steps": 1500, "batch_size": 16, "eval_samples": 256},
+        "gaze": {"nfeatures": 32, "steps": 500, "batch_size": 16, "eval_samples": 256},
+    },
+    # Seconds: for tests.
+    "tiny": {
+        "train_identities": 8,
+        "checkpoint_every": 2,
+        "embedder": {"widths": (4, 4, 8, 512), "steps": 3, "batch_size": 4, "eval_identities": 4, "eval_per_identity": 2},
+        "parser": {"width": 0.0625, "input_size": 32, "steps": 3, "batch_size": 2, "eval_samples": 4},
+        "gaze": {"nfeatures": 4, "nlandmarks": 2, "image_size": 64, "steps": 2, "batch_size": 1, "eval_samples": 2},
+    },
+}
+
+
+def make_config(preset: str = "demo", overrides: dict[str, Any] | None = None) -> ExpertsConfig:
+    """A preset, then nested overrides (e.g. from YAML: {"embedder": {"steps": 50}, "seed": 1})."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown experts preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    merged = _merge(PRESETS[preset], overrides or {})
+    try:
+        return ExpertsConfig(
+            **{k: v for k, v in merged.items() if k not in EXPERTS},
+            embedder=EmbedderConfig(**_tuples(merged.get("embedder", {}))),
+            parser=ParserConfig(**merged.get("parser", {})),
+            gaze=GazeConfig(**merged.get("gaze", {})),
+        )
+    except TypeError as err:
+        raise UserError(f"experts config: {err}; see `distilswap experts train --help` for the fields") from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def _tuples(values: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data stream: faces of the training identities, drawn from per-step seeds.
+
+
+def train_people(config: ExpertsConfig) -> synthetic.Params:
+    return synthetic.sample_identities(config.train_identities, config.seed)
+
+
+def test_people(config: ExpertsConfig, n: int) -> synthetic.Params:
+    """People no expert trained on (another seed stream)."""
+    return synthetic.sample_identities(n, 10_000_019 + config.seed)
+
+
+def _faces(people: synthetic.Params, who: torch.Tensor, seed: int, size: int) -> dict[str, torch.Tensor]:
+    identities = synthetic.index(people, who)
+    attributes = synthetic.sample_attributes(len(who), seed)
+    contexts = synthetic.match_neck(synthetic.sample_contexts(len(who), seed + 1), identities)
+    return synthetic.render_batch(identities, attributes, contexts, size)
+
+
+def _step_seed(config: ExpertsConfig, expert: str, step: int) -> int:
+    return (config.seed * 1000 + EXPERTS.index(expert)) * 1_000_003 + 2 * step
+
+
+def _batch(config: ExpertsConfig, expert: str, step: int, n: int, size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    seed = _step_seed(config, expert, step)
+    who = torch.randint(config.train_identities, (n,), generator=torch.Generator().manual_seed(seed))
+    return _faces(train_people(config), who, seed, size), who
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models and their losses.
+
+
+class ArcMarginHead(nn.Module):
+    """ArcFace: logits s·cos(θ + m) for the true class, s·cos θ for the others (Deng et al. 2019)."""
+
+    def __init__(self, embedding_dim: int, classes: int, margin: float, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, embedding_dim) * 0.01)
+        self.margin, self.scale = margin, scale
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1 + 1e-6, 1 - 1e-6)
+        theta = torch.acos(cos)
+        target = F.one_hot(labels, cos.shape[1]).bool()
+        # Past θ = π - m, cos(θ + m) would rise again; fall back to a linear penalty there (insightface).
+        margin_cos = torch.where(theta + self.margin < math.pi, torch.cos(theta + self.margin), cos - self.margin * math.sin(self.margin))
+        return self.scale * torch.where(target, margin_cos, cos)
+
+
+def build(expert: str, config: ExpertsConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The expert network and the constructor arguments saved with it."""
+    if expert == "embedder":
+        c = config.embedder
+        kwargs = {"blocks": list(c.blocks), "widths": list(c.widths), "embedding_dim": c.embedding_dim,
+                  "input_size": c.input_size}
+    elif expert == "parser":
+        kwargs = {"n_classes": 19, "input_size": config.parser.input_size, "width": config.parser.width}
+    elif expert == "gaze":
+        c = config.gaze
+        kwargs = {"nstack": c.nstack, "nfeatures": c.nfeatures, "nlandmarks": c.nlandmarks}
+    else:
+        raise UserError(f"unknown expert {expert!r}; choose from {', '.join(EXPERTS)}")
+    return construct(expert, kwargs), kwargs
+
+
+def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
+    if expert == "embedder":
+        from facekit.arcface import IRSEArcFace
+
+        return IRSEArcFace(**_tuples(kwargs))
+    if expert == "parser":
+        from facekit.bisenet import BiSeNet
+
+        return BiSeNet(**kwargs)
+    from facekit.eyenet import EyeNet
+
+    return EyeNet(**kwargs)
+
+
+class _Task:
+    """One expert's training: its model, extra trainable modules, and loss on a step's batch."""
+
+    def __init__(self, expert: str, config: ExpertsConfig):
+        self.expert, self.config = expert, config
+        torch.manual_seed(_step_seed(config, expert, -1))  # initialisation: equal configs, equal weights
+        self.model, self.kwargs = build(expert, config)
+        self.head = (
+            ArcMarginHead(config.embedder.embedding_dim, config.train_identities, config.embedder.margin,
+                          config.embedder.scale)
+            if expert == "embedder" else None
+        )
+        self.section = getattr(config, expert)
+
+    def modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"model": self.model, **({"head": self.head} if self.head is not None else {})})
+
+    def loss(self, step: int) -> torch.Tensor:
+        c, cfg = self.section, self.config
+        if self.expert == "embedder":
+            faces, who = _batch(cfg, "embedder", step, c.batch_size, c.input_size)
+            embeddings, _ = self.model(faces["image"])
+            return F.cross_entropy(self.head(embeddings, who), who)
+        if self.expert == "parser":
+            faces, _ = _batch(cfg, "parser", step, c.batch_size, c.input_size)
+            return F.cross_entropy(self.model(faces["image"]), faces["labels"])
+        faces, _ = _batch(cfg, "gaze", step, c.batch_size, c.image_size)
+        _, gaze = self.model(_eye_crops(faces))
+        return F.l1_loss(gaze, faces["gaze"].repeat(2, 1))
+
+
+def _eye_crops(faces: dict[str, torch.Tensor]) -> torch.Tensor:
+    from facekit.eyenet import crop_eyes
+
+    return crop_eyes(faces["image"], faces["landmarks5"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scores on identities no expert trained on.
+
+
+@torch.no_grad()
+def evaluate(expert: str, model: nn.Module, config: ExpertsConfig) -> dict[str, float]:
+    model.eval()
+    if expert == "embedder":
+        return {"verification_accuracy": verification_accuracy(model, config)}
+    if expert == "parser":
+        c = config.parser
+        faces = _faces(test_people(config, c.eval_samples), torch.arange(c.eval_samples), _eval_seed(config, 1), c.input_size)
+        return {"miou": mean_iou(model(faces["image"]).argmax(1), faces["labels"])}
+    c = config.gaze
+    faces = _faces(test_people(config, c.eval_samples), torch.arange(c.eval_samples), _eval_seed(config, 2), c.image_size)
+    from facekit.metrics import angular_error
+
+    _, gaze = model(_eye_crops(faces))
+    predicted = gaze.view(2, c.eval_samples, 2).mean(0)
+    baseline = faces["gaze"].mean(0, keepdim=True).expand_as(faces["gaze"])  # always answer the mean gaze
+    return {"angular_error_deg": float(angular_error(predicted, faces["gaze"]).mean()),
+            "mean_gaze_baseline_deg": float(angular_error(baseline, faces["gaze"]).mean())}
+
+
+def _eval_seed(config: ExpertsConfig, which: int) -> int:
+    return 20_000_033 + config.seed * 10 + which
+
+
+def verification_accuracy(embedder: nn.Module, config: ExpertsConfig) -> float:
+    """Best-threshold accuracy on all same-identity pairs and as many different-identity pairs, among
+    eval_per_identity images of each of eval_identities unseen people."""
+    c = config.embedder
+    who = torch.arange(c.eval_identities).repeat_interleave(c.eval_per_identity)
+    faces = _faces(test_people(config, c.eval_identities), who, _eval_seed(config, 0), c.input_size)
+    z = torch.cat([embedder(chunk)[0] for chunk in faces["image"].split(64)])
+    similarity = z @ z.T
+    i, j = torch.triu_indices(len(who), len(who), offset=1)
+    same = who[i] == who[j]
+    positives = similarity[i[same], j[same]]
+    negatives = similarity[i[~same], j[~same]]
+    generator = torch.Generator().manual_seed(config.seed)
+    negatives = negatives[torch.randperm(len(negatives), generator=generator)[: len(positives)]]
+    return best_threshold_accuracy(positives, negatives)
+
+
+def best_threshold_accuracy(positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """Accuracy of the best rule `same iff score > t` over all thresholds t."""
+    scores = torch.cat([positives, negatives])
+    labels = torch.cat([torch.ones_like(positives), torch.zeros_like(negatives)])
+    order = torch.argsort(scores, descending=True)
+    labels = labels[order]
+    # Threshold after the k highest scores: k-prefix called "same".
+    true_pos = torch.cat([torch.zeros(1), torch.cumsum(labels, 0)])
+    false_pos = torch.cat([torch.zeros(1), torch.cumsum(1 - labels, 0)])
+    correct = true_pos + (len(negatives) - false_pos)
+    return float(correct.max() / len(labels))
+
+
+def mean_iou(predicted: torch.Tensor, labels: torch.Tensor, classes: int = 19) -> float:
+    """Mean IoU over the classes present in the labels or the prediction."""
+    ious = []
+    for c in range(classes):
+        p, t = predicted == c, labels == c
+        union = (p | t).sum()
+        if union > 0:
+            ious.append(float((p & t).sum() / union))
+    return sum(ious) / len(ious)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training with checkpoints, resume and reuse.
+
+
+def train_experts(
+    out: str | Path, config: ExpertsConfig, experts: tuple[str, ...] = EXPERTS, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) each expert into `out`; returns {expert: its JSON record (scores, time, ...)}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for expert in experts:
+        record = _cached(out, expert, config)
+        if record is None:
+            record = _train_one(out, expert, config, progress)
+        elif progress:
+            print(f"{expert}: reusing {out / (expert + '.safetensors')} (same config)")
+        results[expert] = record
+    write_results(out, results)
+    return results
+
+
+def _section(expert: str, config: ExpertsConfig) -> dict[str, Any]:
+    """What decides one expert's weights: its own section plus the shared world settings."""
+    return {"version": VERSION, "seed": config.seed, "train_identities": config.train_identities,
+            expert: dataclasses.asdict(getattr(config, expert))}
+
+
+def _cached(out: Path, expert: str, config: ExpertsConfig) -> dict[str, Any] | None:
+    meta = out / f"{expert}.json"
+    if not (meta.exists() and (out / f"{expert}.safetensors").exists()):
+        return None
+    record = json.loads(meta.read_text())
+    return record if record.get("config") == _jsonable(_section(expert, config)) else None
+
+
+def _train_one(out: Path, expert: str, config: ExpertsConfig, progress: bool) -> dict[str, Any]:
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    task = _Task(expert, config)
+    modules = task.modules()
+    optimizer = torch.optim.Adam(modules.parameters(), lr=task.section.lr)
+    steps = task.section.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    start, elapsed = _resume(out, expert, config, modules, optimizer, schedule, load_file)
+    modules.train()
+    bar = tqdm(range(start, steps), desc=expert, unit="step", initial=start, total=steps, disable=not progress)
+    began = time.perf_counter()
+    for step in bar:
+        torch.manual_seed(_step_seed(config, expert, step) + 1)  # dropout: exact resume
+        loss = task.loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
+            _save_partial(out, expert, config, modules, optimizer, schedule, step + 1,
+                          elapsed + time.perf_counter() - began)
+    bar.close()
+    train_seconds = elapsed + time.perf_counter() - began
+    scores = evaluate(expert, task.model, config)
+    record = {
+        "class": type(task.model).__name__,
+        "kwargs": task.kwargs,
+        "config": _jsonable(_section(expert, config)),
+        "scores": scores,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": sum(p.numel() for p in task.model.parameters()),
+    }
+    _save_tensors(out / f"{expert}.safetensors", task.model.state_dict())
+    _atomic_write(out / f"{expert}.json", json.dumps(record, indent=2) + "\n")
+    for partial in (out / f"{expert}.partial.safetensors", out / f"{expert}.partial.json"):
+        partial.unlink(missing_ok=True)
+    return record
+
+
+def _resume(out, expert, config, modules, optimizer, schedule, load_file) -> tuple[int, float]:
+    meta = out / f"{expert}.partial.json"
+    if not meta.exists():
+        return 0, 0.0
+    state = json.loads(meta.read_text())
+    if state["config"] != _jsonable(_section(expert, config)):
+        return 0, 0.0
+    tensors = load_file(str(out / f"{expert}.partial.safetensors"))
+    modules.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+    opt_state = {int(k.split(".")[1]): {} for k in tensors if k.startswith("optim.")}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            opt_state[int(index)][name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    schedule.load_state_dict(state["schedule"])
+    print(f"{expert}: resuming at step {state['step']}")
+    return state["step"], state["seconds"]
+
+
+def _save_partial(out, expert, config, modules, optimizer, schedule, step: int, seconds: float) -> None:
+    tensors = {f"module.{k}": v for k, v in modules.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, values in optim["state"].items():
+        for name, value in values.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+    _save_tensors(out / f"{expert}.partial.safetensors", tensors)
+    meta = {"config": _jsonable(_section(expert, config)), "step": step, "seconds": seconds,
+            "param_groups": optim["param_groups"], "schedule": schedule.state_dict()}
+    _atomic_write(out / f"{expert}.partial.json", json.dumps(meta) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        pass
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, handle.name)
+    os.replace(handle.name, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+SCORE_NAMES = {"verification_accuracy": "verification accuracy", "miou": "mIoU",
+               "angular_error_deg": "gaze angular error (deg)", "mean_gaze_baseline_deg": "  (answer-the-mean baseline)"}
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| expert | class | parameters | train s | score | value |", "|---|---|---|---|---|---|"]
+    for expert, record in results.items():
+        for name, value in record["scores"].items():
+            lines.append(f"| {expert} | {record['class']} | {record['parameters']:,} | {record['train_seconds']} | "
+                         f"{SCORE_NAMES.get(name, name)} | {value:.4f} |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
+    """results.json and results.md over every expert in the directory (not only the ones just trained)."""
+    everything = {e: json.loads((out / f"{e}.json").read_text()) for e in EXPERTS if (out / f"{e}.json").exists()}
+    everything.update(results)
+    _atomic_write(out / "results.json", json.dumps({e: {"scores": r["scores"], "train_seconds": r["train_seconds"]}
+                                                    for e, r in everything.items()}, indent=2) + "\n")
+    _atomic_write(out / "results.md", "# Small experts on the synthetic world\n\n" + results_table(everything) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_expert(directory: str | Path, expert: str) -> nn.Module:
+    """One trained expert, frozen."""
+    from safetensors.torch import load_file
+
+    from facekit.checkpoints import load_state_strict
+    from facekit.frozen import freeze
+
+    directory = Path(directory)
+    meta, weights = directory / f"{expert}.json", directory / f"{expert}.safetensors"
+    if not (meta.exists() and weights.exists()):
+        raise UserError(f"no trained {expert} in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
+    record = json.loads(meta.read_text())
+    model = construct(expert, record["kwargs"])
+    load_state_strict(model, load_file(str(weights)), weights)
+    return freeze(model)
+
+
+def load_small_experts(directory: str | Path) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
+    """(embedder, parser, gaze), frozen. The embedder is required; a parser or gaze model that was not
+    trained into the directory comes back as None."""
+    directory = Path(directory)
+    embedder = load_expert(directory, "embedder")
+    rest = [load_expert(directory, e) if (directory / f"{e}.json").exists() else None for e in ("parser", "gaze")]
+    return embedder, rest[0], rest[1]
