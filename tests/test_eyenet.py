@@ -51,6 +51,8 @@ def test_crop_eyes_samples_the_eye_region_differentiably():
     assert image.grad[0, 0, 110, 90] > 0 and image.grad[0, 0, 10, 10] == 0
     five = torch.tensor([[[95.0, 111.0], [161.0, 111.0], [128.0, 140.0], [100.0, 170.0], [156.0, 170.0]]])
     assert crop_eyes(image.detach(), five).shape == (2, 1, 96, 160)
+    # 5-point boxes (eye centres) land where the 68-point corner rule puts them
+    assert (eye_boxes(five, (256, 256)) - eye_boxes(_landmarks68(1.0), (256, 256))).abs().max() < 2
 
 
 def _reference_eyenet(sd, x, nstack):
