@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=3e-4)
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of identities held out")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     train.set_defaults(func=quality_train)
 
     score = actions.add_parser("score", help="add Q's score, cos² identity and a to every pair (scores file)")
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a = cos²·Q (product, default), cos² only, Q only, or 1 (off)")
     score.add_argument("--out", help="scores file (default PAIRS/scores.json; the shards are not rewritten)")
     score.add_argument("--histogram", help="PNG histogram of a (default next to the scores file)")
+    score.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     score.set_defaults(func=quality_score)
 
     distill = subparsers.add_parser("distill", help="distil the student from scored pairs",
@@ -77,6 +79,12 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def quality_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -88,7 +96,7 @@ def quality_train(args: argparse.Namespace) -> int:
     pairs = open_pairs(args.pairs)
     config = QualityConfig(input_size=args.input_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed)
-    model, report = train_quality(pairs, config, args.imagenet_weights)
+    model, report = train_quality(pairs, config, args.imagenet_weights, device=_device(args.device))
     path = save_quality(model, args.out, pairs.resolution, report)
     Path(path).with_suffix(".json").write_text(json.dumps(report, indent=1))
     val = report["val"]
@@ -108,11 +116,12 @@ def quality_score(args: argparse.Namespace) -> int:
     _logging()
     pairs = open_pairs(args.pairs)
     model = load_quality(args.model, pairs.resolution)
-    scores = score_pairs(pairs, model, args.combination)
+    scores = score_pairs(pairs, model.to(_device(args.device)), args.combination)
     out = Path(args.out) if args.out else Path(args.pairs) / SCORES_FILENAME
     fit = evaluate_fit(scores["quality"], pairs.fractions)
     meta = {"quality_model": str(args.model), "quality_sha256": file_sha256(args.model),
-            "combination": args.combination, "pairs": len(pairs), "spearman_all_pairs": fit["spearman"]}
+            "combination": args.combination, "pairs": len(pairs), "pairs_fingerprint": pairs.fingerprint,
+            "spearman_all_pairs": fit["spearman"]}
     write_scores(out, pairs.pair_ids, {k: v.tolist() for k, v in scores.items()}, meta)
     histogram = Path(args.histogram) if args.histogram else out.with_name(out.stem + "_a.png")
     save_histogram(scores["a"], histogram, f"a ({args.combination}) over {len(pairs)} pairs")
@@ -127,7 +136,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     from distill.data import open_pairs
     from distill.evaluate import format_table
-    from distill.reweight import SCORES_FILENAME, read_scores
+    from distill.reweight import SCORES_FILENAME, check_scores_match, read_scores
     from distill.train import distill, load_distill_config
     from teacher.experts import load_experts
 
@@ -139,7 +148,8 @@ def run_distill(args: argparse.Namespace) -> int:
     scores, source = None, ""
     if config.reweight != "off":
         source = args.scores or str(Path(args.pairs) / SCORES_FILENAME)
-        scores, _ = read_scores(source)
+        scores, meta = read_scores(source)
+        check_scores_match(meta, pairs.fingerprint, source)
     experts = load_experts(args.experts, args.arcface, args.parser)
     result = distill(pairs, experts.embedder, experts.parser, config, args.out, scores, source, args.init,
                      args.vgg_weights, args.device)

@@ -88,6 +88,14 @@ class PairList(Dataset):
     def id_cosines(self) -> torch.Tensor:
         return torch.tensor(self._column("id_cosine"), dtype=torch.float32)
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the pair set (ids, fractions, teacher cosines): scores of other pairs are refused."""
+        digest = hashlib.sha256()
+        for pid, fraction, cosine in zip(self.pair_ids, self._column("fraction"), self._column("id_cosine")):
+            digest.update(f"{pid}:{float(fraction):.6f}:{float(cosine):.6f};".encode())
+        return digest.hexdigest()[:16]
+
     def subset(self, indices: Sequence[int]) -> "PairList":
         return PairList(self.source, self._meta, self.resolution, self.has_truth, [self.indices[i] for i in indices])
 

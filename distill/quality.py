@@ -78,8 +78,9 @@ def load_imagenet(model: QualityRegressor, path: str | None) -> str:
 def predict(model: QualityRegressor, pairs: PairList, batch_size: int = 64) -> torch.Tensor:
     """Q's score for every pair's teacher swap, in pair order."""
     model.eval()
+    device = next(model.parameters()).device
     loader = DataLoader(pairs, batch_size=batch_size, shuffle=False)
-    return torch.cat([model(batch["swap"].float()) for batch in loader]).cpu()
+    return torch.cat([model(batch["swap"].to(device).float()).cpu() for batch in loader])
 
 
 def evaluate_fit(predicted: torch.Tensor, fraction: torch.Tensor) -> dict[str, float]:
@@ -95,7 +96,7 @@ def evaluate_fit(predicted: torch.Tensor, fraction: torch.Tensor) -> dict[str, f
 
 
 def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str | None = None,
-                  progress: bool = True) -> tuple[QualityRegressor, dict[str, object]]:
+                  progress: bool = True, device: str = "cpu") -> tuple[QualityRegressor, dict[str, object]]:
     """Fit Q on the train identities; report MAE / Spearman on the held-out identities."""
     from tqdm import tqdm
 
@@ -104,6 +105,7 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
     train, val = pairs.subset(train_idx), pairs.subset(val_idx)
     model = QualityRegressor(config.input_size)
     init = load_imagenet(model, imagenet_weights)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train, batch_size=min(config.batch_size, len(train)), shuffle=True, drop_last=True,
@@ -112,7 +114,7 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
     model.train()
     while step < config.steps:
         for batch in loader:
-            loss = F.mse_loss(model(batch["swap"].float()), batch["fraction"].float())
+            loss = F.mse_loss(model(batch["swap"].to(device).float()), batch["fraction"].to(device).float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -133,7 +135,7 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
     }
     log.info("quality val (held-out identities): MAE %.4f, Spearman %.3f over %d pairs",
              report["val"]["mae"], report["val"]["spearman"], len(val))
-    return model, report
+    return model.cpu(), report
 
 
 def save_quality(model: QualityRegressor, path: str | Path, pair_resolution: int, report: dict[str, object]) -> Path:

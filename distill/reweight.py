@@ -105,6 +105,13 @@ def scores_for(pair_ids: Sequence[str], scores: Mapping[str, Mapping[str, float]
     return cosine, quality
 
 
+def check_scores_match(meta: Mapping[str, object], fingerprint: str, source: str) -> None:
+    """Refuse scores computed on another pair set, even one with the same pair ids."""
+    if meta.get("pairs_fingerprint") != fingerprint:
+        raise UserError(f"{source}: these scores were computed on another pair set (fingerprint "
+                        f"{meta.get('pairs_fingerprint')} vs {fingerprint}); rerun `distilswap quality score` on these pairs")
+
+
 def save_histogram(values: torch.Tensor, path: str | Path, title: str) -> Path:
     """PNG histogram of a (matplotlib, headless)."""
     import matplotlib

@@ -280,6 +280,8 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
         bar.close()
         if writer is not None:
             writer.close()
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
     if not dist.main:
         return {}
     from student.checkpoint import save_student

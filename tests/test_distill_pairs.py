@@ -35,6 +35,7 @@ def test_quality_cli_then_distill_from_shards(pair_dir, tmp_path, capsys):
     scores, meta = read_scores(pair_dir / "scores.json")
     pairs = open_pairs(pair_dir)
     assert set(scores) == set(pairs.pair_ids) and meta["combination"] == "product"
+    assert meta["pairs_fingerprint"] == pairs.fingerprint
     assert sum(s["a"] for s in scores.values()) / len(scores) == pytest.approx(1.0, abs=1e-4)
     assert (pair_dir / "scores_a.png").is_file()
 

@@ -111,3 +111,13 @@ def test_spearman_reports_ranking():
     fit = evaluate_fit(fraction**3, fraction)
     assert fit["spearman"] == pytest.approx(1.0) and fit["mae"] > 0
     assert evaluate_fit(-fraction, fraction)["spearman"] == pytest.approx(-1.0)
+
+
+def test_scores_of_other_pairs_are_refused(pairs):
+    from distill.reweight import check_scores_match
+
+    check_scores_match({"pairs_fingerprint": pairs.fingerprint}, pairs.fingerprint, "s.json")
+    other = synthetic_pairs(identities=4, per_identity=3, size=32, seed=5)
+    assert other.pair_ids == pairs.pair_ids and other.fingerprint != pairs.fingerprint
+    with pytest.raises(UserError, match="computed on another pair set"):
+        check_scores_match({"pairs_fingerprint": pairs.fingerprint}, other.fingerprint, "s.json")
