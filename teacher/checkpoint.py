@@ -70,7 +70,7 @@ def load_official(path: str | Path, config: UNetConfig) -> UNetModel:
     if not path.is_file():
         raise UserError(f"official checkpoint {path} not found (DiffFace's Model.pt)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file or one that needs arbitrary code to unpickle
         raise UserError(f"{path}: cannot be read as a plain tensor state dict ({type(err).__name__}: {err}); "
                         "only weights are loaded, never pickled code") from None

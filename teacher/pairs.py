@@ -52,7 +52,7 @@ def shard_name(index: int) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")  # ranks may write the same manifest at once
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     _fsync_replace(tmp, path)
 
