@@ -83,11 +83,12 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def soft_paste_mask(mask: np.ndarray, erode: int = 10, blur: int = 10, border_fade: int = 10) -> np.ndarray:
-    """Crop-space alpha in [0,1]: the fusion mask shrunk by `erode` px, feathered by a `blur` px Gaussian, and
-    faded to 0 over `border_fade` px at the crop border so no crop edge shows after pasting."""
+    """Crop-space alpha in [0,1]: the fusion mask shrunk by `erode` px (grown when negative), feathered by a
+    `blur` px Gaussian, and faded to 0 over `border_fade` px at the crop border so no crop edge shows."""
     alpha = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
-    if erode > 0:
-        alpha = cv2.erode(alpha, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
+    if erode:
+        kernel = np.ones((2 * abs(erode) + 1, 2 * abs(erode) + 1), np.uint8)
+        alpha = cv2.erode(alpha, kernel) if erode > 0 else cv2.dilate(alpha, kernel)
     if blur > 0:
         alpha = cv2.GaussianBlur(alpha, (2 * blur + 1, 2 * blur + 1), 0)
     if border_fade > 0:

@@ -81,7 +81,7 @@ class FolderDataset(Dataset):
     data set has them "labels" long [H,W], "gaze" float [2], "landmarks5" float [5,2], "embedding" float [D].
 
     A sample whose file is unreadable is skipped (the next good one is returned) and remembered in
-    `bad_files`; `check()` scans everything up front and reports the bad files at once.
+    `bad_files` (per process: with DataLoader workers, run `check()` first to get the full list at once).
     """
 
     def __init__(self, root: str | Path, split: str | None = None, resolution: int | None = None):

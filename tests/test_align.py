@@ -63,6 +63,11 @@ def test_soft_mask_fades_to_zero_at_the_crop_border():
     alpha = soft_paste_mask(np.ones((64, 64)), erode=0, blur=0, border_fade=10)
     assert alpha[0].max() == 0 and alpha[:, -1].max() == 0 and alpha[32, 32] == 1
     assert 0 < alpha[32, 5] < 1
+    square = np.zeros((64, 64), np.float32)
+    square[24:40, 24:40] = 1
+    shrunk = soft_paste_mask(square, erode=3, blur=0, border_fade=0)
+    grown = soft_paste_mask(square, erode=-3, blur=0, border_fade=0)
+    assert shrunk.sum() == 10 * 10 and grown.sum() == 22 * 22
 
 
 def test_multi_face_selection_and_errors():
