@@ -126,6 +126,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--id-weight", type=float, dest="id_weight", help="λ_id (paper 2000, code 6000)")
     group.add_argument("--sem-weight", type=float, dest="sem_weight", help="λ_sem (paper 150, code 200); 0 = off")
     group.add_argument("--gaze-weight", type=float, dest="gaze_weight", help="λ_gaze (200); 0 = off")
+    group.add_argument("--gaze-window", type=int, nargs=2, dest="gaze_window", metavar=("LO", "HI"),
+                       help="gaze guidance only while LO < t < HI (official 10 50)")
     group.add_argument("--target-mse-weight", type=float, dest="target_mse_weight", help="official code 50, paper 0")
     group.add_argument("--views", type=int, help="extending augmentation views for identity guidance (8)")
     group.add_argument("--mask-ramp", type=int, dest="mask_ramp",
@@ -143,8 +145,8 @@ def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _sampling_overrides(args: argparse.Namespace) -> dict:
-    keys = ("respacing", "skip", "sampler", "eta", "id_weight", "sem_weight", "gaze_weight", "target_mse_weight",
-            "views", "mask_ramp")
+    keys = ("respacing", "skip", "sampler", "eta", "id_weight", "sem_weight", "gaze_weight", "gaze_window",
+            "target_mse_weight", "views", "mask_ramp")
     return {k: getattr(args, k) for k in keys}
 
 
