@@ -100,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_expert_args(generate, guidance=True)
     _add_sampling_args(generate)
     generate.add_argument("--device", default="cpu")
+    generate.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="UNet precision (bf16 on GPUs)")
     generate.set_defaults(func=_generate)
 
     info = pair_commands.add_parser("info", help="summarise a pairs data set")
@@ -273,6 +274,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import glob
 
+    import torch
+
     from facekit.errors import UserError
     from teacher.experts import load_experts
     from teacher.pairs import DiffusionTeacher, OracleTeacher, generate_pairs
@@ -287,7 +290,8 @@ def _generate(args: argparse.Namespace) -> int:
             raise UserError("--teacher diffface needs --snapshots (weights from `distilswap teacher train`)")
         from teacher.sampling import load_swap_config
 
-        teacher = DiffusionTeacher(paths, experts, load_swap_config(args.preset, _sampling_overrides(args)), args.device)
+        teacher = DiffusionTeacher(paths, experts, load_swap_config(args.preset, _sampling_overrides(args)), args.device,
+                                   torch.bfloat16 if args.precision == "bf16" else None)
         if experts.parser is not None:
             experts.parser.to(args.device)
         if teacher.models[0].config.image_size != args.image_size:

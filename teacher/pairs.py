@@ -233,7 +233,8 @@ class DiffusionTeacher:
 
     kind = "diffface"
 
-    def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu"):
+    def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu",
+                 autocast: torch.dtype | None = None):
         from .checkpoint import load_teacher
 
         self.models, self.snapshots = [], []
@@ -242,7 +243,7 @@ class DiffusionTeacher:
             self.models.append(model)
             self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
                                    "fraction": float(meta.get("fraction", 1.0))})
-        self.experts, self.config, self.device = experts, swap_config, device
+        self.experts, self.config, self.device, self.autocast = experts, swap_config, device, autocast
 
     def settings(self) -> dict:
         return self.config.to_dict()
@@ -253,7 +254,8 @@ class DiffusionTeacher:
 
         result = guided_swap(self.models[snapshot], self.experts, to_model(job.source).to(self.device),
                              to_model(job.target).to(self.device), self.config,
-                             landmarks=job.target_landmarks.to(self.device), generator=generator)
+                             landmarks=job.target_landmarks.to(self.device), generator=generator,
+                             autocast=self.autocast)
         return (result.swap.cpu() + 1) / 2, result.mask.cpu(), result.valid.cpu()
 
 
