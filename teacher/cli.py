@@ -84,9 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  distilswap pairs generate --teacher oracle --experts runs/experts --total 2000 --out runs/pairs\n"
         "  distilswap pairs generate --teacher diffface --snapshots runs/teacher/snapshots/*.safetensors \\\n"
         "      --experts runs/experts --preset demo --total 512 --out runs/pairs_diffface")
-    generate.add_argument("--teacher", choices=["oracle", "diffface"], default="oracle",
+    generate.add_argument("--teacher", choices=["oracle", "diffface", "onnx"], default="oracle",
                           help="oracle: the synthetic world's true swap, degraded per snapshot fraction; "
-                          "diffface: guided sampling with --snapshots")
+                          "diffface: guided sampling with --snapshots; onnx: a one-shot swapper file (--onnx)")
+    generate.add_argument("--onnx", help="ONNX swapper with inputs 'target' and 'source' (e.g. inswapper_128.onnx)")
+    generate.add_argument("--onnx-emap", action="store_true",
+                          help="map the source embedding by the file's last initializer (inswapper's emap)")
     generate.add_argument("--snapshots", nargs="+", default=[], help="teacher weight files (diffface teacher)")
     generate.add_argument("--fractions", default="0.1,0.25,0.5,0.75,1.0",
                           help="oracle snapshot fractions (default 0.1,0.25,0.5,0.75,1.0)")
@@ -284,6 +287,12 @@ def _generate(args: argparse.Namespace) -> int:
     experts.embedder.to(args.device)
     if args.teacher == "oracle":
         teacher = OracleTeacher(tuple(float(f) for f in args.fractions.split(",")))
+    elif args.teacher == "onnx":
+        from teacher.pairs import OnnxTeacher
+
+        if not args.onnx:
+            raise UserError("--teacher onnx needs --onnx FILE (inputs 'target' and 'source')")
+        teacher = OnnxTeacher(args.onnx, experts, args.onnx_emap)
     else:
         paths = sorted(p for pattern in args.snapshots for p in (glob.glob(pattern) or [pattern]))
         if not paths:

@@ -176,3 +176,44 @@ def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
     assert all(float(item["fraction"]) == 0.5 for item in data)
     with pytest.raises(UserError, match="oracle"):
         generate_pairs(tmp_path / "o", OracleTeacher(), experts, total=3, image_size=32, data=str(faces))
+
+
+def tiny_onnx_swapper(path, size=16):
+    """A stand-in one-shot swapper with inswapper's interface (batch 1): out = sigmoid(2·target + W·source)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(512, 3)).astype(np.float32), "W")
+    shape = numpy_helper.from_array(np.array([1, 3, 1, 1], dtype=np.int64), "shape")
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    emap = numpy_helper.from_array(np.eye(512, dtype=np.float32), "emap")
+    nodes = [helper.make_node("MatMul", ["source", "W"], ["s3"]), helper.make_node("Reshape", ["s3", "shape"], ["s4"]),
+             helper.make_node("Mul", ["target", "two"], ["t2"]), helper.make_node("Add", ["t2", "s4"], ["sum"]),
+             helper.make_node("Sigmoid", ["sum"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "swapper",
+        [helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, size, size]),
+         helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, size, size])],
+        [weight, shape, two, emap])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_onnx_swapper_teacher_writes_the_same_format(tmp_path):
+    from teacher.pairs import OnnxTeacher
+
+    tiny_onnx_swapper(tmp_path / "swapper.onnx")
+    experts = tiny_experts()
+    teacher = OnnxTeacher(str(tmp_path / "swapper.onnx"), experts, use_emap=True)
+    summary = generate_pairs(tmp_path / "pairs", teacher, experts, total=3, shard_size=2, image_size=32, progress=False)
+    assert summary == {"written": 3, "dropped": 0, "shards": 2}
+    data = PairDataset(tmp_path / "pairs")
+    item = data[0]
+    assert item["swap"].shape == (3, 32, 32) and float(item["fraction"]) == 1.0
+    outside = 1 - item["mask"]
+    assert torch.allclose(item["swap"] * outside, item["target"] * outside, atol=1 / 255)
+    assert read_manifest(tmp_path / "pairs")["teacher"]["kind"] == "onnx"
+    (tmp_path / "bad.onnx").write_bytes((tmp_path / "swapper.onnx").read_bytes().replace(b"source", b"sourcX"))
+    with pytest.raises(UserError, match="needs inputs 'target' and 'source'"):
+        OnnxTeacher(str(tmp_path / "bad.onnx"), experts)
