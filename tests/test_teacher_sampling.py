@@ -1,4 +1,6 @@
 """Guided batched sampling: one UNet forward per step, independent pairs, target-preserving blending."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -113,6 +115,10 @@ def test_presets_and_bad_settings():
     assert (paper.id_weight, paper.sem_weight, paper.gaze_weight, paper.target_mse_weight) == (2000, 150, 200, 0)
     assert (official.id_weight, official.sem_weight, official.gaze_weight, official.target_mse_weight) == (6000, 200, 200, 50)
     assert (official.respacing, official.skip, official.mask_ramp, official.views) == (100, 25, 45, 8)
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/teacher_swap_*.yaml"))
+    assert configs and all(load_swap_config(str(path)).respacing == 100 for path in configs)
+    shape, structure = (load_swap_config(str(p)) for p in configs)  # source_shape, target_structure
+    assert shape.mask_ramp > official.mask_ramp > structure.mask_ramp and shape.sem_weight < structure.sem_weight
     with pytest.raises(UserError, match="unknown sampling preset"):
         load_swap_config("fastest")
     with pytest.raises(UserError, match="skip"):

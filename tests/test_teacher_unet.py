@@ -209,3 +209,18 @@ def test_forward_equals_a_plain_functional_reimplementation():
         reference = reference_forward(model.state_dict(), flags, x, t, identity)
     assert ours.shape == (2, 6, 64, 64)
     assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), num_head_channels=32)
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = UNetModel(UNetConfig.from_dict({**config.to_dict(), "use_checkpoint": use_checkpoint})).train()
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        torch.manual_seed(1)
+        model(torch.randn(2, 3, 16, 16), torch.tensor([1, 500]), torch.randn(2, 512)).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
