@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--target", nargs="+", required=True, help="target face image(s)")
     swap.add_argument("--out", required=True, help="output directory")
     swap.add_argument("--batch-size", type=int, default=4, help="pairs sampled together (default 4)")
+    swap.add_argument("--crop-style", choices=["arcface", "ffhq"], default="arcface",
+                      help="how the inputs are aligned (where gaze guidance looks for the eyes): arcface "
+                      "(synthetic world, facekit crops) or ffhq (the official DiffFace 256² model's data)")
     swap.add_argument("--seed", type=int, default=0)
     swap.set_defaults(func=_swap)
 
@@ -214,7 +217,7 @@ def _swap(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Inputs are aligned crops, so the target's eyes sit on the ArcFace template (gaze guidance's eye boxes).
-    landmarks = torch.from_numpy(template_points(size).astype(np.float32))
+    landmarks = torch.from_numpy(template_points(size, style=args.crop_style).astype(np.float32))
     generator = torch.Generator().manual_seed(args.seed)
     for start in range(0, len(args.target), args.batch_size):
         src_paths, tgt_paths = sources[start:start + args.batch_size], args.target[start:start + args.batch_size]
