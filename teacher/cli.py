@@ -98,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="oracle snapshot fractions (default 0.1,0.25,0.5,0.75,1.0)")
     generate.add_argument("--total", type=int, required=True, help="number of pairs")
     generate.add_argument("--shard-size", type=int, default=64)
+    generate.add_argument("--batch-size", type=int, default=8, help="pairs sampled together (diffface teacher)")
     generate.add_argument("--image-size", type=int, default=64, help="crop size (diffface: the teacher's)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--data", default="synthetic",
@@ -303,7 +304,7 @@ def _generate(args: argparse.Namespace) -> int:
         from teacher.sampling import load_swap_config
 
         teacher = DiffusionTeacher(paths, experts, load_swap_config(args.preset, _sampling_overrides(args)), args.device,
-                                   torch.bfloat16 if args.precision == "bf16" else None)
+                                   torch.bfloat16 if args.precision == "bf16" else None, args.batch_size)
         if experts.parser is not None:
             experts.parser.to(args.device)
         if teacher.models[0].config.image_size != args.image_size:

@@ -234,7 +234,7 @@ class DiffusionTeacher:
     kind = "diffface"
 
     def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu",
-                 autocast: torch.dtype | None = None):
+                 autocast: torch.dtype | None = None, batch_size: int = 8):
         from .checkpoint import load_teacher
 
         self.models, self.snapshots = [], []
@@ -244,6 +244,7 @@ class DiffusionTeacher:
             self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
                                    "fraction": float(meta.get("fraction", 1.0))})
         self.experts, self.config, self.device, self.autocast = experts, swap_config, device, autocast
+        self.batch_size = batch_size
 
     def settings(self) -> dict:
         return self.config.to_dict()
@@ -252,11 +253,17 @@ class DiffusionTeacher:
         from .experts import to_model
         from .sampling import guided_swap
 
-        result = guided_swap(self.models[snapshot], self.experts, to_model(job.source).to(self.device),
-                             to_model(job.target).to(self.device), self.config,
-                             landmarks=job.target_landmarks.to(self.device), generator=generator,
-                             autocast=self.autocast)
-        return (result.swap.cpu() + 1) / 2, result.mask.cpu(), result.valid.cpu()
+        swaps, masks, valid = [], [], []
+        for start in range(0, job.source.shape[0], self.batch_size):  # a shard can exceed GPU memory
+            rows = slice(start, start + self.batch_size)
+            result = guided_swap(self.models[snapshot], self.experts, to_model(job.source[rows]).to(self.device),
+                                 to_model(job.target[rows]).to(self.device), self.config,
+                                 landmarks=job.target_landmarks[rows].to(self.device), generator=generator,
+                                 autocast=self.autocast)
+            swaps.append((result.swap.cpu() + 1) / 2)
+            masks.append(result.mask.cpu())
+            valid.append(result.valid.cpu())
+        return torch.cat(swaps), torch.cat(masks), torch.cat(valid)
 
 
 class OnnxTeacher:

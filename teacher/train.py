@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -142,7 +144,8 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
 
     bar = tqdm(total=config.steps, initial=step, desc="teacher train", unit="step", disable=rank != 0)
     model.train()
-    while step < last:
+    interrupted = _InterruptFlag()
+    while step < last and not interrupted.raised:
         seed = (config.seed * 1_000_003 + step) * world + rank
         x0 = to_model(faces.batch(config.batch_size, seed, data_rng)).to(device)
         terms = _losses(wrapped, diffusion, experts, x0, config, autocast)
@@ -165,9 +168,12 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
                 save_weights(ema.model, out / "snapshots" / f"step_{step:07d}.safetensors",
                              {"step": step, "fraction": snapshots[step], "snapshot_id": f"step_{step:07d}",
                               "total_steps": config.steps})
-            if step % config.checkpoint_every == 0 or step == last:
+            if step % config.checkpoint_every == 0 or step == last or interrupted.raised:
                 _save_checkpoint(out, model, ema, optimizer, data_rng, step, config)
     bar.close()
+    interrupted.restore()
+    if interrupted.raised:
+        raise KeyboardInterrupt
     if writer:
         writer.close()
     if world > 1:
@@ -175,6 +181,23 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     if started_group:
         dist.destroy_process_group()
     return out
+
+
+class _InterruptFlag:
+    """Ctrl-C finishes the current step and checkpoints it (a step cut in half could not resume exactly)."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, x0: torch.Tensor,

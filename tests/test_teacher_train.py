@@ -98,3 +98,26 @@ def test_trains_from_a_folder_data_set(tmp_path):
     assert (run / "checkpoints/step_0000001.ema.safetensors").is_file()
     with pytest.raises(UserError, match="not found"):
         train(config(tmp_path, "missing", data=str(tmp_path / "nowhere")), tiny_experts())
+
+
+def test_ctrl_c_checkpoints_the_finished_step(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from teacher import train as train_module
+
+    real = train_module._losses
+    calls = []
+
+    def interrupt_during_step_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step still completes
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "_losses", interrupt_during_step_2)
+    cfg = config(tmp_path, "ctrl_c", checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_experts())
+    assert json.loads((tmp_path / "ctrl_c/checkpoints/latest.json").read_text())["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
