@@ -102,7 +102,7 @@ def finished_shards(root: str | Path) -> dict[str, dict]:
 
 class PairDataset(torch.utils.data.Dataset):
     """All finished pairs of a data set. Item: source/target/swap float [3,S,S] in [0,1], mask [1,S,S],
-    id_similarity, fraction (floats), snapshot, pair_index (ints)."""
+    id_similarity, fraction (floats), snapshot, pair_index (ints), snapshot_id (str)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -127,7 +127,9 @@ class PairDataset(torch.utils.data.Dataset):
             with safe_open(str(self._path(name)), "pt") as f:
                 self._cache = (name, {k: f.get_tensor(k) for k in f.keys()})
         data = self._cache[1]
-        return {k: (v[row].float() / 255 if k in IMAGE_KEYS else v[row]) for k, v in data.items()}
+        item = {k: (v[row].float() / 255 if k in IMAGE_KEYS else v[row]) for k, v in data.items()}
+        item["snapshot_id"] = self.manifest["teacher"]["snapshots"][int(item["snapshot"])]["id"]
+        return item
 
 
 # --- teachers -----------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
     assert summary["written"] + summary["dropped"] == 3
     data = PairDataset(tmp_path / "pairs")
     assert read_manifest(tmp_path / "pairs")["data"] == str(faces)
-    assert all(float(item["fraction"]) == 0.5 for item in data)
+    assert all(float(item["fraction"]) == 0.5 and item["snapshot_id"] == "t1" for item in data)
     with pytest.raises(UserError, match="oracle"):
         generate_pairs(tmp_path / "o", OracleTeacher(), experts, total=3, image_size=32, data=str(faces))
 

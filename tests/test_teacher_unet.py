@@ -107,6 +107,15 @@ def test_official_checkpoint_loads_strictly_and_wrong_size_is_named(tmp_path):
         load_official(path, load_unet_config("demo_64"))
 
 
+def test_the_official_model_is_recognised_when_the_config_is_wrong():
+    from teacher.checkpoint import build_for_state
+
+    _, manifest = read_manifest("diffface_unet_256.tsv")
+    official = {name: torch.empty(shape, device="meta") for name, shape in manifest}
+    with pytest.raises(UserError, match=r"this looks like the 256² official DiffFace model; your config says 32 channels"):
+        build_for_state(official, load_unet_config("demo_64"), "Model.pt")
+
+
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "Model.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module: needs arbitrary unpickling
