@@ -25,6 +25,7 @@ Mobile-ready face-swap distillation.
   export    ONNX, ORT, Core ML artifacts, with verification
   bench     parameters, MACs, latency, peers side by side
   swap      swap faces in photos and videos
+  run       the whole pipeline from a YAML config (make demo = run --config configs/demo.yaml)
 
 Run `distilswap COMMAND --help` for each command's options."""
 
@@ -43,7 +44,61 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    run = subparsers.add_parser(
+        "run",
+        help="run the whole pipeline from a YAML config, each finished stage cached",
+        description="Run the stages listed in a YAML config in order (each is a distilswap command line), skip "
+        "the ones already finished with the same command, then write the report. Interrupt it at any time: a "
+        "rerun resumes. Example:\n  distilswap run --config configs/demo.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", required=True, help="pipeline YAML (see configs/demo.yaml)")
+    run.add_argument("--out", help="output directory (default: the config's `out`)")
+    run.add_argument("--from-stage", help="rerun this stage and every later one")
+    run.set_defaults(func=_run_pipeline)
     return parser
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    """Stages are plain command lines so the config shows exactly what a user would type by hand."""
+    import hashlib
+    import json
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from facekit.errors import UserError
+
+    try:
+        config = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{args.config}: cannot read the pipeline config ({err})") from None
+    out = Path(args.out or config.get("out", "runs/pipeline"))
+    stages: dict[str, list] = config.get("stages") or {}
+    if args.from_stage and args.from_stage not in stages:
+        raise UserError(f"--from-stage {args.from_stage}: not a stage of {args.config} ({', '.join(stages)})")
+    done_dir = out / ".stages"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    rerun = False
+    for number, (name, argv) in enumerate(stages.items(), 1):
+        argv = [str(a).format(out=out) for a in argv]
+        key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()
+        marker = done_dir / f"{name}.json"
+        rerun = rerun or name == args.from_stage
+        if not rerun and marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+            print(f"[{number}/{len(stages)}] {name}: cached ({marker})", flush=True)
+            continue
+        print(f"[{number}/{len(stages)}] {name}: distilswap {' '.join(argv)}", flush=True)
+        start = time.monotonic()
+        code = main(argv)
+        if code:
+            raise UserError(f"stage {name} failed (exit {code}); fix it and rerun: finished stages are kept")
+        seconds = time.monotonic() - start
+        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1)}))
+        print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
+        rerun = True  # a stage that ran invalidates the caches of the stages after it
+    return 0
 
 
 def _version() -> str:

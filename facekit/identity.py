@@ -2,7 +2,7 @@
 
 Export (`--source face.jpg`) and swap both start here, so an identity is computed the same way
 everywhere: the largest face (or a chosen one), aligned like MobileFaceSwap's sources (ArcFace template
-×2 at 224²), through the identity embedder, which resizes and normalises for itself.
+×2 at 224², least-squares affine), through the identity embedder, which resizes and normalises for itself.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def identity_from_image(image: np.ndarray, detector, embedder: nn.Module, face_i
     """(embedding [1,512] L2-normalised, feature map [1,512,7,7]) of one face in an RGB uint8 image."""
     from facekit.align import align_faces
 
-    (crop, _), = align_faces(image, detector.detect(image), SOURCE_CROP, index=face_index)
+    (crop, _), = align_faces(image, detector.detect(image), SOURCE_CROP, mode="affine", index=face_index)
     tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(255.0)
     embedding, feature_map = embedder(tensor)
     if feature_map is None:

@@ -16,6 +16,8 @@ from facekit.errors import UserError
 from facekit.smoothing import OneEuroFilter
 
 Identity = tuple[torch.Tensor, torch.Tensor]  # (embedding [1,D], feature map [1,D,7,7])
+# MobileFaceSwap fits its 224² crops with a full least-squares affine to the ArcFace template ×2.
+ALIGN_MODE = "affine"
 
 
 class CropSwapper(Protocol):
@@ -112,7 +114,7 @@ class FaceSwapRun:
             landmarks = np.asarray(face.landmarks5, dtype=np.float64)
             if self.smooth_rate:
                 landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
-            matrix = estimate_transform(landmarks, size)
+            matrix = estimate_transform(landmarks, size, mode=ALIGN_MODE)
             transforms.append(matrix)
             crops.append(warp_face(frame, matrix, size))
         swapped, masks = self.swapper(np.stack(crops))
