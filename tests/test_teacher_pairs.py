@@ -78,16 +78,18 @@ def test_killed_run_resumes_without_lost_or_duplicated_pairs(tmp_path):
     root = tmp_path / "pairs"
     script = SLOW_RUN.format(repo=str(REPO), tests=str(TESTS), root=str(root))
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "WORLD_SIZE": "1", "RANK": "0"})
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     try:
-        while time.time() < deadline and len(finished_shards(root) if (root / "progress").is_dir() else {}) < 2:
+        while time.time() < deadline and proc.poll() is None and len(
+                finished_shards(root) if (root / "progress").is_dir() else {}) < 2:
             time.sleep(0.05)
         time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        returncode = proc.wait()
     partial = len(finished_shards(root))
-    assert 2 <= partial < 10, "the run must be killed mid-way"
+    assert returncode == -signal.SIGKILL, f"the generator exited on its own (code {returncode})"
+    assert 2 <= partial < 10, f"the run must be killed mid-way ({partial} shards done)"
     # simulate the worst moment too: a half-written temp file of this rank is left behind
     (root / "shards" / "shard-000009.safetensors.tmp-rank00000").write_bytes(b"half a shard")
     summary = generate_pairs(root, OracleTeacher((0.5, 1.0)), tiny_experts(), total=30, shard_size=3,
