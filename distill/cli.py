@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--experts", help="directory of small experts (`distilswap experts train`)")
     distill.add_argument("--arcface", help="identity expert file (Arcface.tar / arcface.pdparams)")
     distill.add_argument("--parser", help="face parser file (FaceParser.pth) for the weak mask loss")
+    distill.add_argument("--no-parser", action="store_true",
+                         help="leave the parser out: the mask loss uses the teacher's blend mask, the perceptual "
+                              "loss (without VGG) only the identity features")
     distill.add_argument("--init", help="student checkpoint to start from (e.g. imported official weights)")
     distill.add_argument("--vgg-weights", help="local torchvision vgg16 state dict for the perceptual loss")
     distill.add_argument("--steps", type=int)
@@ -151,7 +154,8 @@ def run_distill(args: argparse.Namespace) -> int:
         scores, meta = read_scores(source)
         check_scores_match(meta, pairs.fingerprint, source)
     experts = load_experts(args.experts, args.arcface, args.parser)
-    result = distill(pairs, experts.embedder, experts.parser, config, args.out, scores, source, args.init,
+    parser = None if args.no_parser else experts.parser
+    result = distill(pairs, experts.embedder, parser, config, args.out, scores, source, args.init,
                      args.vgg_weights, args.device)
     if result:
         print(format_table(result))
