@@ -71,6 +71,8 @@ def export_artifacts(
     force: bool = False,
     calibration: str | Path | None = None,
     resolution: int | None = None,
+    embedder: str | Path | None = None,
+    detector_models: str | Path | None = None,
 ) -> Verification:
     out = Path(out)
     check_destination(out, force)
@@ -80,7 +82,7 @@ def export_artifacts(
     resolution = resolution or model.config.resolution
     if resolution % 32:
         raise UserError(f"--resolution must be a multiple of 32, got {resolution}")
-    source_name, embedding, feature_map = resolve_source(source, model.config.identity_dim)
+    source_name, embedding, feature_map = resolve_source(source, model.config.identity_dim, embedder, detector_models)
     identity = safe_name(name or source_name)
     check_identity_values(embedding, feature_map)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -140,6 +142,8 @@ def write_artifacts(
             artifacts.update(_int8(directory, baked, net, identity, calibration, resolution, reference, meta))
         elif step == "coreml":
             artifacts.update(_coreml(directory, net, identity, resolution, meta))
+    (directory / "README.md").write_text(_readme(identity, resolution, artifacts))
+    artifacts["README.md"] = {"kind": "file"}
     np.savez(directory / REFERENCE, **reference)
     manifest = {"identity": identity, "resolution": resolution, "checkpoint_sha256": checkpoint_sha256, "artifacts": artifacts}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -162,10 +166,10 @@ def _reference(model, net, embedding, feature_map, resolution) -> dict[str, np.n
 def _int8(directory, baked, net, identity, calibration, resolution, reference, meta) -> dict[str, dict]:
     from export.quantize import calibration_crops, quantize_int8
 
-    crops = calibration_crops(calibration, resolution)
+    crops, source = calibration_crops(calibration, resolution)
     name = f"swapper_{identity}_int8.onnx"
     quantize_int8(directory / baked, directory / name, crops)
-    note = f"calibrated on {len(crops)} images of {Path(calibration).resolve()}; error on {min(len(crops), INT8_EVAL_CROPS)} of them"
+    note = f"calibrated on {source}; error measured on {min(len(crops), INT8_EVAL_CROPS)} of them"
     set_onnx_metadata(directory / name, meta("swapper_int8", calibration=note, int8_target=f"{INT8_TARGET:.5f}"))
     evaluation = torch.from_numpy(crops[:INT8_EVAL_CROPS])
     with torch.no_grad():
@@ -183,6 +187,33 @@ def _coreml(directory, net, identity, resolution, meta) -> dict[str, dict]:
     palettize(model, directory / small, meta("coreml_palettized"))
     shutil.copyfile(MAC_CHECK, directory / MAC_CHECK.name)
     return {full: {"kind": "coreml"}, small: {"kind": "coreml"}, MAC_CHECK.name: {"kind": "file"}}
+
+
+def _readme(identity: str, resolution: int, artifacts: dict[str, dict]) -> str:
+    """What an app developer needs to know to use the files, next to the files."""
+    lines = [
+        f"# DistilSwap export: identity `{identity}`, {resolution}² input, batch 1", "",
+        "Inputs: `target`, an aligned RGB face crop in [0,1] (Core ML: an RGB image, 0..255).",
+        "Outputs: `image` (the swapped face, already blended through the mask) and `mask` (fusion mask).", "",
+        "| file | what |", "|---|---|",
+    ]
+    what = {
+        "injector": "identity (embedding 1×512, feature map 1×512×7×7) → the 18 identity weights, by name",
+        "swapper_dynamic": "target + the 18 weights as inputs → image, mask (any identity, flexible size)",
+        "swapper_baked": "the identity baked in; swap another in with `SessionOptions.add_initializer(name, value)` "
+        "for each injector output (same names) at baked speed",
+        "swapper_ort": "the baked swapper in ONNX Runtime's mobile format (pre-optimised at ENABLE_EXTENDED)",
+        "swapper_int8": "static int8 (QDQ) of the baked swapper",
+        "coreml": "Core ML mlprogram, fp16 weights (`_palettized`: 4-bit weight palettes)",
+    }
+    lines += [f"| `{name}` | {what[entry['kind']]} |" for name, entry in artifacts.items() if entry["kind"] in what]
+    lines += [
+        "", "`reference.npz` holds fixed inputs and PyTorch's outputs; `distilswap export verify DIR` re-checks every "
+        "file against it (`verification.json`).",
+        "Core ML models only run on macOS, so on Linux they are checked structurally: on a Mac, run "
+        "`python3 mac_check.py` here (needs coremltools, numpy, pillow) to compare their outputs with the reference.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

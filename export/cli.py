@@ -10,7 +10,8 @@ examples:
       --formats onnx,ort,int8,coreml --calibration data/crops --force
   distilswap export verify exports/alice
 
-The source is an identity file (.npz/.safetensors with `embedding` [512] and `feature_map` [512,7,7]).
+The source is an identity file (.npz/.safetensors with `embedding` [512] and `feature_map` [512,7,7]) or a
+face image with --embedder (the IR-SE ArcFace checkpoint: detect, align to 112², embed).
 Files written: injector.onnx, swapper_dynamic.onnx, swapper_NAME.onnx (+ .ort, _int8.onnx,
 .mlpackage, _palettized.mlpackage), reference.npz, manifest.json, verification.json, mac_check.py
 (run it on a Mac to check the Core ML models numerically)."""
@@ -33,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("--checkpoint", help="student checkpoint (.safetensors)")
-    export.add_argument("--source", help="identity file (.npz / .safetensors: embedding + feature_map)")
+    export.add_argument("--source", help="identity file (.npz / .safetensors: embedding + feature_map) or a face image")
+    export.add_argument("--embedder", help="IR-SE ArcFace checkpoint for a face-image --source (.pdparams / .pth / .tar)")
+    export.add_argument("--detector-models", help="insightface model folder for face detection (default: offline dlib)")
     export.add_argument("--out", help="output directory to create")
     export.add_argument("--formats", default="onnx,ort,coreml", help="comma list of onnx, ort, int8, coreml (default onnx,ort,coreml)")
     export.add_argument("--name", help="identity name used in file names and metadata (default: the source's file stem)")
@@ -83,7 +86,8 @@ def _export(args: argparse.Namespace) -> int:
     from export.artifacts import export_artifacts, parse_formats
 
     result = export_artifacts(
-        args.checkpoint, args.source, args.out, parse_formats(args.formats), args.name, args.force, args.calibration, args.resolution
+        args.checkpoint, args.source, args.out, parse_formats(args.formats), args.name, args.force, args.calibration,
+        args.resolution, args.embedder, args.detector_models,
     )
     print(result.table())
     print(f"verified and wrote {args.out}")

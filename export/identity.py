@@ -1,4 +1,4 @@
-"""The source identity of an export: an identity file (embedding + feature map).
+"""The source identity of an export: an identity file (embedding + feature map) or a face image.
 
 Our identity file format is an `.npz` or `.safetensors` holding `embedding` ([512] or [1,512]) and
 `feature_map` ([512,7,7] or [1,512,7,7]), the two outputs of the identity embedder D_I.
@@ -46,20 +46,45 @@ def save_identity(path: str | Path, embedding: torch.Tensor, feature_map: torch.
     return path
 
 
-def resolve_source(source: str | Path, dim: int = 512) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """Only identity files for now: embedding a face image needs facekit's detector/aligner/embedder."""
+def resolve_source(
+    source: str | Path, dim: int = 512, embedder: str | Path | None = None, detector_models: str | Path | None = None
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """An identity file is read as is; a face image is detected, aligned and embedded (needs `embedder`)."""
     source = Path(source)
     suffix = source.suffix.lower()
     if suffix in IDENTITY_SUFFIXES:
         return load_identity(source, dim)
     if suffix in IMAGE_SUFFIXES:
-        raise UserError(
-            f"{source}: face-image sources are not supported yet; compute the identity file "
-            "(embedding + feature_map .npz) with the identity embedder and pass that"
-        )
+        return identity_from_face(source, embedder, detector_models)
     raise UserError(
-        f"{source}: unknown source type {suffix or '(no suffix)'}; pass an identity file ({', '.join(IDENTITY_SUFFIXES)})"
+        f"{source}: unknown source type {suffix or '(no suffix)'}; pass an identity file "
+        f"({', '.join(IDENTITY_SUFFIXES)}) or a face image ({', '.join(IMAGE_SUFFIXES)}) with --embedder"
     )
+
+
+def identity_from_face(
+    image_path: str | Path, embedder: str | Path | None, detector_models: str | Path | None = None
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Largest face -> ArcFace-aligned 112² crop -> (embedding, feature map) of the IR-SE ArcFace at `embedder`."""
+    from facekit.align import align_faces
+    from facekit.checkpoints import load_arcface
+    from facekit.detect import make_detector
+    from facekit.imageio import read_image
+
+    image_path = Path(image_path)
+    if embedder is None:
+        raise UserError(f"{image_path}: a face image needs --embedder ARCFACE_CHECKPOINT (or pass an identity .npz)")
+    if not image_path.is_file():
+        raise UserError(f"{image_path}: no such image")
+    image = read_image(image_path)
+    faces = make_detector(detector_models).detect(image)
+    if not faces:
+        raise UserError(f"{image_path}: no face found; use a clear, frontal photo of the source person")
+    crop, _ = align_faces(image, faces, 112, index=0)[0]
+    network = load_arcface(embedder).eval()
+    with torch.no_grad():
+        embedding, feature_map = network(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0)
+    return image_path.stem, embedding.reshape(1, -1).float(), feature_map.float()
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

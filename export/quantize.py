@@ -16,16 +16,34 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ORT_LEVEL = "extended"  # ENABLE_ALL adds layout changes specific to this CPU: not portable to phones
 
 
-def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -> np.ndarray:
-    """Up to `limit` images of a folder (recursive, sorted), centre-cropped and resized: [N,3,R,R] in [0,1]."""
-    from PIL import Image
+def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -> tuple[np.ndarray, str]:
+    """-> ([N,3,R,R] crops in [0,1], a description of where they came from, for the metadata).
 
+    A `distilswap-faces/1` data set (real photos or the synthetic world) gives its aligned crops;
+    any other folder gives its images (recursive, sorted), centre-cropped and resized.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: calibration folder not found (pass --calibration DIR with face crops)")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not files:
+    if (directory / "dataset.json").is_file():
+        from facekit.folder_dataset import FolderDataset
+
+        dataset = FolderDataset(directory, resolution=resolution)
+        count = min(limit, len(dataset))
+        step = max(1, len(dataset) // max(count, 1))  # spread over identities rather than the first few
+        crops = np.stack([dataset[i * step]["image"].numpy() for i in range(count)]) if count else np.zeros((0,))
+        source = f"{count} aligned crops of the face data set {directory.resolve()}"
+    else:
+        crops, source = _folder_crops(directory, resolution, limit)
+    if len(crops) == 0:
         raise UserError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate int8 on")
+    return crops.astype(np.float32), source
+
+
+def _folder_crops(directory: Path, resolution: int, limit: int) -> tuple[np.ndarray, str]:
+    from PIL import Image
+
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     crops = []
     for path in files:
         with Image.open(path) as image:
@@ -34,7 +52,7 @@ def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
             crops.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-    return np.stack(crops)
+    return np.stack(crops) if crops else np.zeros((0,)), f"{len(crops)} centre-cropped images of {directory.resolve()}"
 
 
 def to_ort_format(onnx_path: str | Path, ort_path: str | Path, level: str = ORT_LEVEL) -> Path:

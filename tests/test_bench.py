@@ -1,0 +1,61 @@
+"""`distilswap bench` end to end on a tiny student and a tiny SimSwap-class peer (no timing assertions)."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import distilswap
+from export.peers import SimSwapGenerator
+from student.checkpoint import save_student
+from student.complexity import count_macs, count_params
+from student.config import StudentConfig, scaled
+from student.model import MobileFaceSwap
+
+
+def test_simswap_class_peer_has_the_published_size():
+    """Counted without running it at 224²: 9 AdaIN blocks at 28², 512 channels (SimSwap's 224 generator)."""
+    peer = SimSwapGenerator()
+    assert 54e6 < count_params(peer) < 56e6
+    small = SimSwapGenerator(width=0.125, blocks=2).eval()
+    macs = count_macs(small, (torch.rand(1, 3, 64, 64), torch.randn(1, 512)))
+    assert macs.fvcore_macs == macs.flop_counter_macs > 0
+    out = small(torch.rand(2, 3, 64, 64), torch.randn(2, 512))
+    assert out.shape == (2, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+
+
+def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = dataclasses.replace(scaled(StudentConfig(resolution=64), 0.25), identity_dim=64)  # small injector: quick
+    save_student(MobileFaceSwap(config), tmp_path / "student.safetensors")
+    (tmp_path / "crops").mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "crops" / f"{i}.png")
+    out = tmp_path / "bench"
+    argv = ["bench", "--checkpoint", str(tmp_path / "student.safetensors"), "--out", str(out), "--runs", "2",
+            "--warmup", "1", "--peer-runs", "1", "--threads", "1", "--peer-width", "0.0625", "--no-coreml",
+            "--calibration", str(tmp_path / "crops")]
+    assert distilswap.main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["macs"]["student_fvcore"] == report["macs"]["student_flop_counter"] > 0
+    assert report["params"]["per_identity_weights"] > 0 and len(report["top_layers"]) == 10
+    for key in ("ort_baked_1t", "ort_dynamic_1t", "ort_baked_add_initializer_1t", "ort_int8_1t", "ort_injector_1t",
+                "ort_peer_simswap_1t", "torch_eager_baked_1t"):
+        assert report["latency"][key]["p50_ms"] > 0
+    assert {"swapper_bench.onnx", "swapper_bench_int8.onnx", "swapper_bench.ort", "peer_simswap.onnx"} <= set(report["file_bytes"])
+    assert report["targets"]["coreml_palettized_mb"]["met"] is None  # not measured in this run, not claimed
+    markdown = (out / "bench.md").read_text()
+    assert "fewer MACs" in markdown and "| ort_baked_1t |" in markdown
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "than a SimSwap-class generator" in capsys.readouterr().out
+    assert distilswap.main(argv) == 2  # a finished bench is not overwritten without --force
+
+
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--runs", "0")])
+def test_bench_bad_options_are_user_errors(tmp_path, flag, value, capsys):
+    argv = ["bench", "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "b"), flag, value]
+    assert distilswap.main(argv) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
