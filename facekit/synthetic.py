@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -39,7 +39,7 @@ IDENTITY_RANGES: Mapping[str, tuple[float, float]] = {
     "brow_arch": (-0.005, 0.025),
     "nose_length": (0.12, 0.19),
     "nose_width": (0.03, 0.055),
-    "mouth_width": (0.10, 0.15),     # half width, corner to centre
+    "mouth_width": (0.5, 0.72),      # half width as a fraction of the face's half width at mouth height
     "lip_thickness": (0.010, 0.024),
 }
 # Attributes: what a swap must keep from the target (pose, expression, gaze, lighting).
@@ -86,7 +86,6 @@ ARCFACE_TEMPLATE = torch.tensor(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
 ) / 112.0
 FACE_CENTER = (0.5, 0.6)   # image position of the head-frame origin at the neutral pose
-HEAD_RADIUS = 0.3          # sphere that yaw turns the features on
 NOSE_PROTRUSION = 0.09
 MOUTH_V = 0.2245           # mouth line v at the neutral expression (template mouth height)
 NOSE_TIP_V = 0.0405        # template nose height
@@ -141,11 +140,6 @@ def concat(parts: list[Params]) -> Params:
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
-def to_vector(params: Params, ranges: Mapping[str, tuple[float, float]]) -> torch.Tensor:
-    """[n, k] values scaled to [0, 1] by their prior range: a plain feature vector for regressors."""
-    return torch.stack([(params[name] - lo) / (hi - lo) for name, (lo, hi) in ranges.items()], dim=1)
-
-
 def _hsv(h: torch.Tensor, s: torch.Tensor | float, v: torch.Tensor | float) -> torch.Tensor:
     """[n] HSV in [0,1] -> [n, 3] RGB."""
     s, v = torch.as_tensor(s).expand_as(h), torch.as_tensor(v).expand_as(h)
@@ -158,24 +152,28 @@ def _skin_rgb(lightness: torch.Tensor, warmth: torch.Tensor) -> torch.Tensor:
     return _hsv(0.03 + 0.04 * warmth, 0.25 + 0.3 * (1 - lightness) * 0.8 + 0.1 * warmth, 0.35 + 0.6 * lightness)
 
 
-def _turn(x0: torch.Tensor, yaw: torch.Tensor, protrusion: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where a feature at frontal u = x0 on the head sphere lands after yaw, and its horizontal squeeze."""
-    angle = torch.asin(torch.clamp(x0 / HEAD_RADIUS, -0.95, 0.95))
-    depth = HEAD_RADIUS * torch.cos(angle) + protrusion
-    u = HEAD_RADIUS * torch.sin(angle) * torch.cos(yaw) + depth * torch.sin(yaw)
+def _turn(x0: torch.Tensor, yaw: torch.Tensor, radius: torch.Tensor, protrusion: float = 0.0) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    """Where a feature at frontal u = x0 on a head cylinder of the face's radius lands after yaw, and its
+    horizontal squeeze (features turning away get narrower, and the face outline clips them)."""
+    angle = torch.asin(torch.clamp(x0 / radius, -0.95, 0.95))
+    depth = radius * torch.cos(angle) + protrusion
+    u = radius * torch.sin(angle) * torch.cos(yaw) + depth * torch.sin(yaw)
     squeeze = torch.clamp(torch.cos(angle + yaw) / torch.cos(angle), 0.25, 1.2)
     return u, squeeze
 
 
 def _layout(identity: Params, attributes: Params) -> dict[str, torch.Tensor]:
     """Per-face geometry in the head frame ([n] tensors): where every feature goes after pose/expression."""
-    yaw = attributes["yaw"]
+    yaw, radius = attributes["yaw"], identity["face_width"]
     g: dict[str, torch.Tensor] = {}
     spacing = identity["eye_spacing"]
+    eye_radius = _half_width(identity, identity["eye_height"])
     for side, sign in (("l", -1.0), ("r", 1.0)):
-        u, squeeze = _turn(sign * spacing, yaw)
+        u, squeeze = _turn(sign * spacing, yaw, eye_radius)
         g[f"eye_{side}_u"], g[f"eye_{side}_squeeze"] = u, squeeze
-        brow_u, brow_squeeze = _turn(sign * (spacing + 0.01), yaw)
+        brow_u, brow_squeeze = _turn(sign * (spacing + 0.01), yaw, eye_radius)
         g[f"brow_{side}_u"], g[f"brow_{side}_squeeze"] = brow_u, brow_squeeze
     g["eye_v"] = identity["eye_height"] - 0.008 * attributes["brow_raise"]
     g["eye_rx"] = identity["eye_size"]
@@ -184,17 +182,27 @@ def _layout(identity: Params, attributes: Params) -> dict[str, torch.Tensor]:
     g["brow_half"] = 0.06 + 0.3 * (identity["eye_size"] - 0.042)
     g["nose_tip_v"] = NOSE_TIP_V + 0.4 * (identity["nose_length"] - 0.155)
     g["nose_top_v"] = g["nose_tip_v"] - identity["nose_length"]
-    g["nose_top_u"], _ = _turn(torch.zeros_like(yaw), yaw, 0.25 * NOSE_PROTRUSION)
-    g["nose_tip_u"], _ = _turn(torch.zeros_like(yaw), yaw, NOSE_PROTRUSION)
-    mouth_left, left_squeeze = _turn(-identity["mouth_width"], yaw, 0.01)
-    mouth_right, right_squeeze = _turn(identity["mouth_width"], yaw, 0.01)
+    g["nose_top_u"], _ = _turn(torch.zeros_like(yaw), yaw, radius, 0.25 * NOSE_PROTRUSION)
+    g["nose_tip_u"], _ = _turn(torch.zeros_like(yaw), yaw, radius, NOSE_PROTRUSION)
+    g["mouth_v"] = MOUTH_V + 0.3 * (identity["jaw_length"] - 0.35)
+    cheek = _half_width(identity, g["mouth_v"])
+    mouth_left, _ = _turn(-identity["mouth_width"] * cheek, yaw, cheek, 0.01)
+    mouth_right, _ = _turn(identity["mouth_width"] * cheek, yaw, cheek, 0.01)
     g["mouth_u"] = 0.5 * (mouth_left + mouth_right)
     g["mouth_half"] = 0.5 * (mouth_right - mouth_left)
-    g["mouth_v"] = MOUTH_V + 0.3 * (identity["jaw_length"] - 0.35)
     g["mouth_open"] = 0.045 * attributes["mouth_open"]
     g["smile"] = 0.03 * attributes["smile"]
     g["face_u"] = 0.04 * torch.sin(yaw)
     return g
+
+
+def _half_width(identity: Params, v: torch.Tensor) -> torch.Tensor:
+    """Half width of the face outline at height v ([n]); the same shape as `_face_outline`."""
+    lower = v > 0
+    rv = torch.where(lower, identity["jaw_length"], 0.42)
+    q = torch.clamp(v / rv, -1.0, 1.0) ** 2
+    ru = identity["face_width"] * torch.where(lower, 1.0 - identity["jaw_taper"] * q, 1.0)
+    return ru * torch.sqrt(1.0 - q)
 
 
 def _landmarks_head(g: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -244,6 +252,7 @@ class _Canvas:
         self.planes, self.labels, self.frame = planes, labels, frame
         self.u, self.v = frame.uv(cols, rows)
         self.pixel = frame.pixel
+        self.clip: torch.Tensor | None = None  # coverage every layer is limited to (see `window`)
 
     def cover(self, d: torch.Tensor) -> torch.Tensor:
         """Anti-aliased coverage of a signed distance (negative inside): a one-pixel ramp."""
@@ -251,6 +260,8 @@ class _Canvas:
 
     def paint(self, coverage: torch.Tensor, rgb: torch.Tensor, label: int | None, tone: torch.Tensor | None = None) -> None:
         """Cover with colour rgb [n,3] (times the per-pixel tone if given)."""
+        if self.clip is not None:
+            coverage = torch.minimum(coverage, self.clip)
         for channel, plane in enumerate(self.planes):
             color = _c(rgb[:, channel])
             plane.lerp_(color * tone if tone is not None else color.expand_as(plane), coverage)
@@ -259,6 +270,8 @@ class _Canvas:
 
     def shade(self, coverage: torch.Tensor, amount: float, label: int | None = None) -> None:
         """Darken by `amount` where covered, keeping the lighting underneath (nose, lids, pupils)."""
+        if self.clip is not None:
+            coverage = torch.minimum(coverage, self.clip)
         factor = 1.0 - amount * coverage
         for plane in self.planes:
             plane.mul_(factor)
@@ -266,9 +279,11 @@ class _Canvas:
             self.labels.masked_fill_(coverage > 0.5, label)
 
     @contextlib.contextmanager
-    def window(self, centre_u: torch.Tensor, centre_v: torch.Tensor, radius: float):
+    def window(self, centre_u: torch.Tensor, centre_v: torch.Tensor, radius: float,
+               clip: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         """A sub-canvas of the square of pixels holding the head-frame disc (centre, radius) of every
-        face; written back on exit. The drawing inside is the same as on the full canvas."""
+        face; written back on exit. The drawing inside is the same as on the full canvas. `clip(u, v)`:
+        a signed distance whose inside bounds everything painted in the window."""
         frame, size = self.frame, self.frame.size
         half = math.ceil(radius * size * float(frame.scale.max())) + 2
         span = min(2 * half, size)
@@ -280,6 +295,8 @@ class _Canvas:
         batch = torch.arange(len(start))[:, None, None]
         planes = [plane[batch, rows, cols] for plane in self.planes]
         sub = _Canvas(planes, self.labels[batch, rows, cols], frame, cols.float(), rows.float())
+        if clip is not None:
+            sub.clip = sub.cover(clip(sub.u, sub.v))
         yield sub
         for plane, patch in zip(self.planes, sub.planes):
             plane[batch, rows, cols] = patch
@@ -365,20 +382,26 @@ def _render(identities: Params, attributes: Params, contexts: Params, size: int)
     canvas.paint(canvas.cover(d_neck), neck * 0.75, NECK)
 
     # Face: ellipse whose lower half is longer (jaw) and narrows (taper), lit by a fake sphere normal.
-    d_face, p, q = _face_outline(u, v, _c(g["face_u"]), identities["face_width"], identities["jaw_length"],
+    face_u = _c(g["face_u"])
+    d_face, p, q = _face_outline(u, v, face_u, identities["face_width"], identities["jaw_length"],
                                  identities["jaw_taper"])
     nz = torch.sqrt(torch.clamp(1.0 - p * p - q * q, 0.04, 1.0))
     lambert = (p * _c(attributes["light_x"]) + q * _c(attributes["light_y"]) + nz * 0.8).clamp_min(0.0)
     canvas.paint(canvas.cover(d_face), skin, SKIN, 0.55 + 0.5 * lambert)
 
+    # Inner features, each in a window and clipped to the face outline: an identity draws only inside
+    # its own face, which is what makes `identity_region` exact.
+    def inside_face(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _face_outline(u, v, face_u, identities["face_width"], identities["jaw_length"], identities["jaw_taper"])[0]
+
     nose_mid = 0.5 * (g["nose_top_u"] + g["nose_tip_u"])
-    with canvas.window(nose_mid, torch.full_like(nose_mid, -0.04), NOSE_WINDOW) as window:
+    with canvas.window(nose_mid, torch.full_like(nose_mid, -0.04), NOSE_WINDOW, inside_face) as window:
         _nose(window, g)
-    with canvas.window(g["mouth_u"], torch.full_like(nose_mid, 0.215), MOUTH_WINDOW) as window:
+    with canvas.window(g["mouth_u"], torch.full_like(nose_mid, 0.215), MOUTH_WINDOW, inside_face) as window:
         _mouth(window, g, identities, light)
     iris_rgb = _hsv(identities["iris_hue"], 0.6, 0.55) * light
     for side, sign, eye_label, brow_label in (("l", -1.0, L_EYE, L_BROW), ("r", 1.0, R_EYE, R_BROW)):
-        with canvas.window(g[f"eye_{side}_u"], g["eye_v"] - 0.06, EYE_WINDOW) as window:
+        with canvas.window(g[f"eye_{side}_u"], g["eye_v"] - 0.06, EYE_WINDOW, inside_face) as window:
             _eye(window, g, side, attributes, iris_rgb, eye_label)
             _brow(window, g, side, sign, identities, hair_rgb * 0.55, brow_label)
 
