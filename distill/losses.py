@@ -64,7 +64,8 @@ class VGGPerceptual(nn.Module):
             raise UserError(f"{path}: not torchvision VGG-16 weights ({str(err).splitlines()[0]})") from None
         self.features = freeze(features)
 
-    def forward(self, prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def forward(self, prediction: torch.Tensor, reference: torch.Tensor,
+                prediction_map: torch.Tensor | None = None) -> torch.Tensor:
         total = prediction.new_zeros(prediction.shape[0])
         x, y = imagenet_normalize(prediction), imagenet_normalize(reference)
         for index, layer in enumerate(self.features):
@@ -82,10 +83,15 @@ class ExpertPerceptual(nn.Module):
         super().__init__()
         self.embedder, self.parser = embedder, parser
 
-    def forward(self, prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def forward(self, prediction: torch.Tensor, reference: torch.Tensor,
+                prediction_map: torch.Tensor | None = None) -> torch.Tensor:
+        """prediction_map: D_I's feature map of the prediction when the caller already has it (the identity
+        loss runs the same forward)."""
         with torch.no_grad():
             reference_map = self.embedder(reference)[1]
-        total = l1_per_sample(self.embedder(prediction)[1], reference_map)
+        if prediction_map is None:
+            prediction_map = self.embedder(prediction)[1]
+        total = l1_per_sample(prediction_map, reference_map)
         if self.parser is not None:
             with torch.no_grad():
                 reference_logits = self.parser(reference)
@@ -102,9 +108,9 @@ def build_perceptual(vgg_weights: str | None, embedder: nn.Module, parser: nn.Mo
     return ExpertPerceptual(embedder, parser), kind
 
 
-def identity_loss(embedder: nn.Module, images: torch.Tensor, source_embedding: torch.Tensor) -> torch.Tensor:
-    """1 − cos(D_I(src), D_I(images)) per sample (embeddings are L2-normalised by the expert)."""
-    return 1.0 - (F.normalize(embedder(images)[0], dim=1) * F.normalize(source_embedding, dim=1)).sum(1)
+def identity_loss(embedding: torch.Tensor, source_embedding: torch.Tensor) -> torch.Tensor:
+    """1 − cos(D_I(src), D_I(output)) per sample, from the two embeddings."""
+    return 1.0 - (F.normalize(embedding.float(), dim=1) * F.normalize(source_embedding.float(), dim=1)).sum(1)
 
 
 @torch.no_grad()

@@ -176,9 +176,10 @@ def compute_losses(student: nn.Module, embedder: nn.Module, parser: nn.Module | 
         keep = background(target, teacher, resize_to(batch["mask"], resolution), parser)
     output, mask = student(target, embedding, feature_map)
     output = output.float()
+    output_embedding, output_map = embedder(output)  # one forward for the identity and expert-perceptual terms
     l1 = l1_per_sample(output, teacher)
-    perc = perceptual(output, teacher)
-    ident = identity_loss(embedder, output, embedding)
+    perc = perceptual(output, teacher, output_map)
+    ident = identity_loss(output_embedding, embedding)
     weak = mask_loss(mask.float(), keep)
     total = (a * (weights.l1 * l1 + weights.perceptual * perc)).mean()
     total = total + weights.identity * ident.mean() + weights.mask * weak.mean()
