@@ -167,11 +167,14 @@ def _int8(directory, baked, net, identity, calibration, resolution, reference, m
     from export.quantize import calibration_crops, quantize_int8
 
     crops, source = calibration_crops(calibration, resolution)
+    held_out = min(INT8_EVAL_CROPS, len(crops) // 4)  # measure on crops the calibration did not see, when there are enough
+    calibrate, evaluate = (crops[:-held_out], crops[-held_out:]) if held_out else (crops, crops[:INT8_EVAL_CROPS])
     name = f"swapper_{identity}_int8.onnx"
-    quantize_int8(directory / baked, directory / name, crops)
-    note = f"calibrated on {source}; error measured on {min(len(crops), INT8_EVAL_CROPS)} of them"
+    quantize_int8(directory / baked, directory / name, calibrate)
+    where = "held-out crops" if held_out else "calibration crops (too few to hold some out)"
+    note = f"calibrated on {len(calibrate)} of {source}; error on {len(evaluate)} {where}"
     set_onnx_metadata(directory / name, meta("swapper_int8", calibration=note, int8_target=f"{INT8_TARGET:.5f}"))
-    evaluation = torch.from_numpy(crops[:INT8_EVAL_CROPS])
+    evaluation = torch.from_numpy(evaluate)
     with torch.no_grad():
         expected = torch.cat([net(crop[None])[0] for crop in evaluation])
     reference["int8_crops"] = evaluation.numpy()

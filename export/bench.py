@@ -63,15 +63,19 @@ def percentiles(times_s: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "runs": int(len(ms))}
 
 
-def time_calls(call: Callable[[], object], runs: int, warmup: int, label: str) -> dict[str, float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in tqdm(range(runs), desc=label, unit="run", leave=False):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return percentiles(times)
+def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int, label: str) -> dict[str, dict]:
+    """Round-robin over the calls, so load from other work on a shared machine hits all of them alike
+    and their ratios stay meaningful even when absolute times drift."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in tqdm(range(runs), desc=label, unit="round", leave=False):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: percentiles(values) for name, values in times.items()}
 
 
 def session_creation_ms(make: Callable[[], object]) -> float:
@@ -175,22 +179,21 @@ def run_bench(options: BenchOptions) -> dict:
         }
         if "int8" in formats:
             sessions["int8"] = ort_session(artifacts_dir / "swapper_bench_int8.onnx", "all", threads)
-        for name, session in sessions.items():
-            extra = weights if name == "dynamic" else None
-            latency[f"ort_{name}_{t}"] = time_calls(lambda s=session, w=extra: run_swapper(s, x, w), options.runs, options.warmup, f"{name} {t}")
+        calls = {f"ort_{name}_{t}": (lambda s=session, w=weights if name == "dynamic" else None: run_swapper(s, x, w))
+                 for name, session in sessions.items()}
         injector = ort_session(artifacts_dir / "injector.onnx", "all", threads)
-        latency[f"ort_injector_{t}"] = time_calls(lambda: injector.run(None, feeds), options.runs, options.warmup, f"injector {t}")
-        peer_session = ort_session(peer_path, "all", threads)
-        peer_feeds = {"target": x, "latent": latent.numpy()}
-        latency[f"ort_peer_simswap_{t}"] = time_calls(lambda: peer_session.run(None, peer_feeds), options.peer_runs,
-                                                      min(options.warmup, 2), f"SimSwap-class {t}")
+        calls[f"ort_injector_{t}"] = lambda: injector.run(None, feeds)
+        calls[f"torch_eager_baked_{t}"] = lambda: net(target)
+        calls[f"torch_eager_injector_{t}"] = lambda: model.identity_weights(embedding, feature_map)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         with torch.no_grad():
-            latency[f"torch_eager_baked_{t}"] = time_calls(lambda: net(target), options.runs, options.warmup, f"torch eager {t}")
-            latency[f"torch_eager_injector_{t}"] = time_calls(lambda: model.identity_weights(embedding, feature_map),
-                                                              options.runs, options.warmup, f"torch injector {t}")
+            latency.update(time_interleaved(calls, options.runs, options.warmup, f"student {t}"))
         torch.set_num_threads(torch_threads)
+        peer_session = ort_session(peer_path, "all", threads)
+        peer_feeds = {"target": x, "latent": latent.numpy()}
+        latency.update(time_interleaved({f"ort_peer_simswap_{t}": lambda: peer_session.run(None, peer_feeds)},
+                                        options.peer_runs, min(options.warmup, 2), f"SimSwap-class {t}"))
     creation["baked"] = session_creation_ms(lambda: ort_session(baked, "all", 1))
     creation["dynamic"] = session_creation_ms(lambda: ort_session(dynamic, "all", 1))
     creation["ort_format"] = session_creation_ms(lambda: ort_session(artifacts_dir / "swapper_bench.ort", "disable", 1))

@@ -3,7 +3,7 @@
 
 Core ML only predicts on macOS, so the Linux export checks structure; this closes the loop.
 Usage, in the export directory on a Mac with `pip install coremltools numpy pillow`:
-    python3 mac_check.py            # checks every *.mlpackage here
+    python3 mac_check.py [DIR]      # checks every *.mlpackage in DIR (default: next to this script)
 Exit status 0 when every model is within the fp16 tolerance (palettized models get a looser one).
 """
 import sys
@@ -15,16 +15,19 @@ FP16_MAX_ABS = 2e-2
 PALETTIZED_MEAN_ABS = 2e-2
 
 
-def main() -> int:
+def check_directory(here: Path) -> int:
     import coremltools as ct
     from PIL import Image
 
-    here = Path(__file__).resolve().parent
     reference = np.load(here / "reference.npz")
     pixels = np.round(reference["target"][0].transpose(1, 2, 0) * 255).astype(np.uint8)
     target = Image.fromarray(pixels, "RGB")
     failed = False
-    for package in sorted(here.glob("*.mlpackage")):
+    packages = sorted(here.glob("*.mlpackage"))
+    if not packages:
+        print(f"no .mlpackage in {here}")
+        return 1
+    for package in packages:
         outputs = ct.models.MLModel(str(package)).predict({"target": target})
         image_error = np.abs(outputs["image"] - reference["image"])
         mask_error = np.abs(outputs["mask"] - reference["mask"])
@@ -36,4 +39,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(check_directory(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent))

@@ -83,7 +83,7 @@ def test_every_artifact_carries_metadata(world):
         metadata = onnx_metadata(out / name)
         assert all(metadata.get(key) for key in REQUIRED_KEYS), (name, metadata)
     assert onnx_metadata(out / "swapper_alice.onnx")["identity"] == "alice"
-    assert "calibrated on 5 centre-cropped images" in onnx_metadata(out / "swapper_alice_int8.onnx")["calibration"]
+    assert "calibrated on 4 of 5 centre-cropped images" in onnx_metadata(out / "swapper_alice_int8.onnx")["calibration"]
     for name in ("swapper_alice.mlpackage", "swapper_alice_palettized.mlpackage"):
         metadata = coreml_metadata(out / name)
         assert metadata["identity"] == "alice" and metadata["resolution"] == str(RES)
@@ -205,3 +205,34 @@ def test_bad_input_is_one_line_user_error(world, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o1", "o2", "o3", "o4", "o5", "."))]
+
+
+def test_mac_check_script_compares_core_ml_outputs_with_the_reference(world, monkeypatch, capsys):
+    """Core ML only predicts on macOS: stand in for MLModel.predict to check the script's own logic."""
+    import sys
+    import types
+
+    from export import mac_check
+
+    with np.load(world["out"] / "reference.npz") as data:
+        reference = {k: data[k] for k in data.files}
+    seen = []
+
+    def fake_model(offset):
+        class Model:
+            def __init__(self, path):
+                self.path = path
+
+            def predict(self, inputs):
+                pixels = np.asarray(inputs["target"], np.float32).transpose(2, 0, 1)[None] / 255
+                seen.append(np.abs(pixels - reference["target"]).max())
+                return {"image": reference["image"] + offset, "mask": reference["mask"]}
+
+        return types.SimpleNamespace(models=types.SimpleNamespace(MLModel=Model))
+
+    monkeypatch.setitem(sys.modules, "coremltools", fake_model(1e-3))
+    assert mac_check.check_directory(world["out"]) == 0
+    assert max(seen) < 1e-6  # the reference target is exactly representable as an 8-bit image
+    monkeypatch.setitem(sys.modules, "coremltools", fake_model(0.1))
+    assert mac_check.check_directory(world["out"]) == 1
+    assert "FAIL swapper_alice.mlpackage" in capsys.readouterr().out
