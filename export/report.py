@@ -6,10 +6,11 @@ from pathlib import Path
 
 def summary(report: dict) -> str:
     ratios, latency = report["ratios"], report["latency"]
+    t = min(report["options"]["threads"])
     return (
-        f"{ratios['peer_over_student_macs']:.0f}× fewer MACs and {ratios['peer_over_baked_1t']:.0f}× faster "
-        f"(ONNX Runtime, 1 thread, p50 {latency['ort_baked_1t']['p50_ms']:.2f} ms vs "
-        f"{latency['ort_peer_simswap_1t']['p50_ms']:.0f} ms) than a SimSwap-class generator on this machine"
+        f"{ratios['peer_over_student_macs']:.0f}× fewer MACs and {ratios[f'peer_over_baked_{t}t']:.0f}× faster "
+        f"(ONNX Runtime, {t} thread{'s' if t > 1 else ''}, p50 {latency[f'ort_baked_paired_with_peer_{t}t']['p50_ms']:.2f} ms vs "
+        f"{latency[f'ort_peer_simswap_{t}t']['p50_ms']:.0f} ms) than a SimSwap-class generator on this machine"
     )
 
 
@@ -47,8 +48,9 @@ def write_markdown(report: dict, path: str | Path) -> Path:
         met = "not measured" if row["met"] is None else ("yes" if row["met"] else "NO")
         lines.append(f"| {name} | {value} | {row['target']:.4g} | {met} |")
     if report.get("int8_mean_abs_error") is not None:
-        lines += ["", "The int8 error is measured against fp32 PyTorch on the calibration crops; with a randomly "
-                  "initialised student it says little about a trained one."]
+        lines += ["", "The int8 error is the mean absolute difference to fp32 PyTorch on crops held out from "
+                  "calibration (see the int8 file's metadata); with a randomly initialised student it says little "
+                  "about a trained one."]
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -65,7 +67,8 @@ def write_chart(report: dict, path: str | Path) -> Path:
     for key, value in latency.items():
         if key.startswith("ort_peer_simswap"):
             points.append((f"SimSwap-class {key.rsplit('_', 1)[1]}", macs["peer_fvcore"], value["p50_ms"]))
-        elif key.startswith(("ort_baked_", "ort_dynamic_", "ort_int8_", "torch_eager_baked_")) and "add_initializer" not in key:
+        elif key.startswith(("ort_baked_", "ort_dynamic_", "ort_int8_", "torch_eager_baked_")) and "_with_" not in key \
+                and "add_initializer" not in key:
             points.append((key.replace("ort_", "").replace("_", " "), macs["student_fvcore"], value["p50_ms"]))
     figure, axes = plt.subplots(figsize=(7, 5))
     for label, x, y in points:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from export.metadata import missing_keys, onnx_metadata
+from facekit.errors import UserError
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
@@ -67,9 +68,12 @@ def verify_export(directory: str | Path) -> Verification:
     """Every check is recorded, failing or not, so one run shows everything wrong."""
     directory = Path(directory)
     result = Verification(str(directory))
-    manifest = json.loads((directory / MANIFEST).read_text())
-    with np.load(directory / REFERENCE, allow_pickle=False) as data:
-        reference = {key: data[key] for key in data.files}
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        with np.load(directory / REFERENCE, allow_pickle=False) as data:
+            reference = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:  # missing, truncated or hand-edited bookkeeping files
+        raise UserError(f"{directory}: not a readable export ({type(err).__name__}: {err}); re-run `distilswap export`") from None
     resolution = int(manifest["resolution"])
     for name, entry in manifest["artifacts"].items():
         path = directory / name
@@ -125,8 +129,7 @@ def _check_injector(result, path, reference, entry, resolution) -> None:
     names = list(weights)
 
     def run(session):
-        outputs = session.run(names, {"embedding": reference["embedding"], "feature_map": reference["feature_map"]})
-        return outputs
+        return session.run(names, {"embedding": reference["embedding"], "feature_map": reference["feature_map"]})
 
     _compare_levels(result, path, run, [weights[n] for n in names], FP32_TOLERANCE)
 

@@ -163,6 +163,11 @@ def test_verify_catches_a_tampered_artifact(world, tmp_path):
     failed = {(c.artifact, c.check) for c in verify.verify_export(copy).failures}
     assert ("swapper_alice.onnx", "max abs vs PyTorch (basic)") in failed
     assert ("swapper_dynamic.onnx", "max abs vs PyTorch (basic)") in failed
+    import distilswap
+
+    assert distilswap.main(["export", "verify", str(copy)]) == 1
+    (copy / "reference.npz").write_bytes(b"truncated")
+    assert distilswap.main(["export", "verify", str(copy)]) == 2  # a one-line error, not a traceback
 
 
 def test_refuses_existing_out_and_keeps_it_when_verification_fails(world, monkeypatch):
