@@ -26,7 +26,8 @@ def _register_experts(subparsers: argparse._SubParsersAction) -> None:
         description="Train the three small experts on faces drawn on the fly, save NAME.safetensors + NAME.json "
         "per expert and a results table (results.json, results.md). An expert already trained with the same "
         "settings is reused; an interrupted run resumes from its last partial checkpoint.\n"
-        "Presets: demo (~3 min on 2 CPU cores), full (~10x the steps), tiny (seconds, for tests).\n"
+        "Presets: demo (embedder + parser, ~3 min on 2 CPU cores), full (all three, ~10x the steps), tiny "
+        "(seconds, for tests).\n"
         "Examples:\n"
         "  distilswap experts train --world synthetic --out runs/experts\n"
         "  distilswap experts train --world synthetic --out runs/experts_full --preset full\n"
@@ -147,7 +148,7 @@ def _experts_train(args: argparse.Namespace) -> int:
     config = make_config(args.preset, overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
-    chosen = tuple(e for e in EXPERTS if e in (args.only or EXPERTS) and getattr(config, e).steps > 0)
+    chosen = tuple(e for e in EXPERTS if e in (args.only or EXPERTS))
     results = train_experts(args.out, config, chosen, progress=not args.quiet)
     print(results_table(results))
     print(f"experts in {args.out} (results.md, results.json)")

@@ -115,12 +115,14 @@ def test_bad_configs_are_user_errors(tmp_path):
 
 def test_cli_trains_and_shows(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text("parser: {steps: 1}\n")
     out = tmp_path / "experts"
+    config.write_text("parser: {steps: 1}\ngaze: {steps: 0}\n")
     argv = ["experts", "train", "--world", "synthetic", "--out", str(out), "--preset", "tiny", "--only", "parser",
-            "--config", str(config), "--quiet"]
+            "gaze", "--config", str(config)]
     assert distilswap.main(argv) == 0
-    assert "mIoU" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "gaze: skipped" in printed
+    assert not (out / "gaze.json").exists()
     assert distilswap.main(["experts", "show", str(out)]) == 0
     assert distilswap.main(["experts", "show", str(tmp_path / "none")]) == 2
     sheet = tmp_path / "sheet.png"
