@@ -80,7 +80,12 @@ def test_pupils_follow_the_gaze():
 def test_swap_truth_keeps_the_target_outside_the_identity_region():
     target_ids, attrs, ctxs = _world(32, 20)
     target = S.render_batch(target_ids, attrs, ctxs, size=SIZE)
-    swap = S.swap_truth(S.sample_identities(32, 99), attrs, ctxs, size=SIZE)
+    sources = S.sample_identities(32, 99)
+    # Half the sources at the prior's extremes: the narrowest face with the widest-set, largest eyes,
+    # the widest mouth and flattest brows (features that would poke out of a face if anything does).
+    for name, extreme in (("face_width", 0), ("eye_spacing", 1), ("eye_size", 1), ("mouth_width", 1), ("brow_arch", 0)):
+        sources[name][:16] = S.IDENTITY_RANGES[name][extreme]
+    swap = S.swap_truth(sources, attrs, ctxs, size=SIZE)
     region = S.identity_region(attrs, ctxs, SIZE)
     outside = ~region[:, None].expand_as(target["image"])
     assert torch.equal(swap["image"][outside], target["image"][outside])
