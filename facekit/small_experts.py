@@ -99,13 +99,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # forward+backward on a CPU core, so the minute it could get teaches it nothing (it scored worse than
     # always answering the mean gaze); later stages run without gaze guidance. `full` trains it.
     "demo": {"gaze": {"steps": 0}},
-    # ~10x the steps: better experts for benchmarks (tens of minutes on 2 cores, minutes on a GPU).
+    # ~10-25x the steps: better experts for benchmarks (about 1.5 hours on 2 CPU cores).
     "full": {
         "train_identities": 1000,
         "checkpoint_every": 100,
         "embedder": {"steps": 1500, "batch_size": 64, "eval_identities": 200},
         "parser": {"width": 0.5, "input_size": 128, "steps": 1500, "batch_size": 16, "eval_samples": 256},
-        "gaze": {"nfeatures": 32, "steps": 500, "batch_size": 16, "eval_samples": 256},
+        "gaze": {"nfeatures": 32, "steps": 300, "batch_size": 8, "eval_samples": 128},
     },
     # Seconds: for tests.
     "tiny": {

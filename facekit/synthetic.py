@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -279,11 +279,10 @@ class _Canvas:
             self.labels.masked_fill_(coverage > 0.5, label)
 
     @contextlib.contextmanager
-    def window(self, centre_u: torch.Tensor, centre_v: torch.Tensor, radius: float,
-               clip: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+    def window(self, centre_u: torch.Tensor, centre_v: torch.Tensor, radius: float, clip: torch.Tensor | None = None):
         """A sub-canvas of the square of pixels holding the head-frame disc (centre, radius) of every
-        face; written back on exit. The drawing inside is the same as on the full canvas. `clip(u, v)`:
-        a signed distance whose inside bounds everything painted in the window."""
+        face; written back on exit. The drawing inside is the same as on the full canvas. `clip`: a
+        coverage [n,H,W] of this canvas that bounds everything painted in the window."""
         frame, size = self.frame, self.frame.size
         half = math.ceil(radius * size * float(frame.scale.max())) + 2
         span = min(2 * half, size)
@@ -296,7 +295,7 @@ class _Canvas:
         planes = [plane[batch, rows, cols] for plane in self.planes]
         sub = _Canvas(planes, self.labels[batch, rows, cols], frame, cols.float(), rows.float())
         if clip is not None:
-            sub.clip = sub.cover(clip(sub.u, sub.v))
+            sub.clip = clip[batch, rows, cols]
         yield sub
         for plane, patch in zip(self.planes, sub.planes):
             plane[batch, rows, cols] = patch
@@ -372,7 +371,7 @@ def _render(identities: Params, attributes: Params, contexts: Params, size: int)
     hair_cv = -hair_top + hair_w * 1.1
     d_hair = _ellipse(u, v, 0.0, hair_cv, hair_w, hair_w * 1.1)[0]
     d_long = torch.maximum(u.abs() - hair_w * 0.97, torch.maximum(v - _c(contexts["hair_length"]), hair_cv - v))
-    strands = 1.0 + 0.08 * torch.sin(u * 160.0 + 4.0 * torch.sin(v * 25.0))
+    strands = 1.0 + 0.08 * torch.sin(u * 160.0 + 60.0 * v * v)  # curved strands, one sin per pixel
     canvas.paint(canvas.cover(torch.minimum(d_hair, d_long)), hair_rgb, HAIR, strands)
 
     # Neck (context: its width does not depend on identity).
@@ -387,21 +386,19 @@ def _render(identities: Params, attributes: Params, contexts: Params, size: int)
                                  identities["jaw_taper"])
     nz = torch.sqrt(torch.clamp(1.0 - p * p - q * q, 0.04, 1.0))
     lambert = (p * _c(attributes["light_x"]) + q * _c(attributes["light_y"]) + nz * 0.8).clamp_min(0.0)
-    canvas.paint(canvas.cover(d_face), skin, SKIN, 0.55 + 0.5 * lambert)
+    face = canvas.cover(d_face)
+    canvas.paint(face, skin, SKIN, 0.55 + 0.5 * lambert)
 
     # Inner features, each in a window and clipped to the face outline: an identity draws only inside
     # its own face, which is what makes `identity_region` exact.
-    def inside_face(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return _face_outline(u, v, face_u, identities["face_width"], identities["jaw_length"], identities["jaw_taper"])[0]
-
     nose_mid = 0.5 * (g["nose_top_u"] + g["nose_tip_u"])
-    with canvas.window(nose_mid, torch.full_like(nose_mid, -0.04), NOSE_WINDOW, inside_face) as window:
+    with canvas.window(nose_mid, torch.full_like(nose_mid, -0.04), NOSE_WINDOW, face) as window:
         _nose(window, g)
-    with canvas.window(g["mouth_u"], torch.full_like(nose_mid, 0.215), MOUTH_WINDOW, inside_face) as window:
+    with canvas.window(g["mouth_u"], torch.full_like(nose_mid, 0.215), MOUTH_WINDOW, face) as window:
         _mouth(window, g, identities, light)
     iris_rgb = _hsv(identities["iris_hue"], 0.6, 0.55) * light
     for side, sign, eye_label, brow_label in (("l", -1.0, L_EYE, L_BROW), ("r", 1.0, R_EYE, R_BROW)):
-        with canvas.window(g[f"eye_{side}_u"], g["eye_v"] - 0.06, EYE_WINDOW, inside_face) as window:
+        with canvas.window(g[f"eye_{side}_u"], g["eye_v"] - 0.06, EYE_WINDOW, face) as window:
             _eye(window, g, side, attributes, iris_rgb, eye_label)
             _brow(window, g, side, sign, identities, hair_rgb * 0.55, brow_label)
 
@@ -503,12 +500,13 @@ def _brow(canvas: _Canvas, g, side: str, sign: float, identities, color, label: 
 FACE_CLASSES = (SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP)
 
 
+_IS_FACE = torch.zeros(256, dtype=torch.bool)
+_IS_FACE[list(FACE_CLASSES)] = True
+
+
 def face_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Pixels of the classes a swap changes (DiffFace's kept classes)."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    for label in FACE_CLASSES:
-        mask |= labels == label
-    return mask
+    """Pixels of the classes a swap changes (DiffFace's kept classes); one table lookup per pixel."""
+    return _IS_FACE.to(labels.device)[labels]
 
 
 def identity_region(attributes: Params, contexts: Params, size: int, margin_px: float = 1.5) -> torch.Tensor:
