@@ -161,7 +161,9 @@ def _check_baked(result, path, reference, entry, resolution) -> None:
 def _check_ort(result, path, reference, entry, resolution) -> None:
     from export.onnx_export import ort_session, run_swapper
 
-    image, mask = run_swapper(ort_session(path, "disable"), reference["target"])
+    session = ort_session(path, "disable")
+    _metadata(result, path.name, session.get_modelmeta().custom_metadata_map)
+    image, mask = run_swapper(session, reference["target"])
     error = max(float(np.abs(image - reference["image"]).max()), float(np.abs(mask - reference["mask"]).max()))
     result.measure(path.name, "max abs vs PyTorch", error, ORT_FORMAT_TOLERANCE)
 

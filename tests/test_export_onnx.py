@@ -83,6 +83,8 @@ def test_every_artifact_carries_metadata(world):
         metadata = onnx_metadata(out / name)
         assert all(metadata.get(key) for key in REQUIRED_KEYS), (name, metadata)
     assert onnx_metadata(out / "swapper_alice.onnx")["identity"] == "alice"
+    ort_metadata = ort_session(out / "swapper_alice.ort", "disable").get_modelmeta().custom_metadata_map
+    assert ort_metadata["identity"] == "alice" and ort_metadata["checkpoint_sha256"]
     assert "calibrated on 4 of 5 centre-cropped images" in onnx_metadata(out / "swapper_alice_int8.onnx")["calibration"]
     for name in ("swapper_alice.mlpackage", "swapper_alice_palettized.mlpackage"):
         metadata = coreml_metadata(out / name)
