@@ -48,10 +48,11 @@ class EmbedderConfig:
     margin: float = 0.2      # ArcFace additive angular margin (radians); small trains faster from scratch
     scale: float = 30.0      # logit scale s
     dropout: float = 0.0     # on the feature map before fc while training (IR-SE's own is 0.5: too slow for minutes)
-    # Weight of an auxiliary loss: regress the (known) identity parameters from the embedding. Dense,
-    # pose-invariant supervision that the margin loss over a few hundred classes lacks; it is what
-    # makes the embedder useful on unseen people after a minute of training.
-    param_weight: float = 1.0
+    # Each batch holds two views (independent pose/expression/lighting/context) of batch_size/2 people,
+    # and a contrastive loss (temperature 0.1) pulls each view to its partner. Measured on the demo
+    # budget: margin loss alone 0.52 verification accuracy (an untrained net: 0.55); with pairs ~0.72.
+    pair_weight: float = 1.0
+    temperature: float = 0.1
     eval_identities: int = 40
     eval_per_identity: int = 4
 
@@ -237,8 +238,6 @@ class _Task:
         if expert == "embedder":
             c = config.embedder
             self.heads["margin"] = ArcMarginHead(c.embedding_dim, config.train_identities, c.margin, c.scale)
-            self.heads["params"] = nn.Linear(c.embedding_dim, len(synthetic.IDENTITY_RANGES))
-            self.targets = identity_vector(train_people(config))
         if expert == "parser":
             self.class_weights = class_weights(config)
         self.section = getattr(config, expert)
@@ -251,19 +250,28 @@ class _Task:
     def loss(self, step: int) -> torch.Tensor:
         c, cfg = self.section, self.config
         if self.expert == "embedder":
-            faces, who = _batch(cfg, "embedder", step, c.batch_size, c.input_size)
+            faces, who = _pair_batch(cfg, step)
             z, _ = self.model(faces["image"])
             margin_loss = F.cross_entropy(self.heads["margin"](z, who), who)
-            # Unit-variance inputs and targets: the head starts at the right scale instead of spending the
-            # short run on learning a bias and a gain.
-            predicted = self.heads["params"](z * math.sqrt(z.shape[1]))
-            return margin_loss + c.param_weight * F.mse_loss(predicted, self.targets[who])
+            similarity = (z @ z.T / c.temperature).fill_diagonal_(-1e4)
+            half = len(who) // 2
+            partner = torch.cat([torch.arange(half) + half, torch.arange(half)])
+            return margin_loss + c.pair_weight * F.cross_entropy(similarity, partner)
         if self.expert == "parser":
             faces, _ = _batch(cfg, "parser", step, c.batch_size, c.input_size)
             return F.cross_entropy(self.model(faces["image"]), faces["labels"], weight=self.class_weights)
         faces, _ = _batch(cfg, "gaze", step, c.batch_size, c.image_size)
         _, gaze = self.model(_eye_crops(faces))
         return F.l1_loss(gaze, faces["gaze"].repeat(2, 1))
+
+
+def _pair_batch(config: ExpertsConfig, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """batch_size/2 distinct training people, each drawn twice with independent attributes and context."""
+    seed = _step_seed(config, "embedder", step)
+    half = max(1, config.embedder.batch_size // 2)
+    people = torch.randperm(config.train_identities, generator=torch.Generator().manual_seed(seed))[:half]
+    who = torch.cat([people, people])
+    return _faces(train_people(config), who, seed, config.embedder.input_size), who
 
 
 def class_weights(config: ExpertsConfig, samples: int = 256) -> torch.Tensor:
@@ -273,13 +281,6 @@ def class_weights(config: ExpertsConfig, samples: int = 256) -> torch.Tensor:
     frequency = torch.bincount(labels.flatten(), minlength=19).float() / labels.numel()
     weights = torch.where(frequency > 0, frequency.clamp_min(1e-6) ** -config.parser.balance, torch.zeros(()))
     return weights * (frequency > 0).sum() / weights.sum()
-
-
-def identity_vector(identities: synthetic.Params) -> torch.Tensor:
-    """[n, 16] identity parameters standardised by their (uniform) priors: mean 0, variance 1."""
-    return torch.stack(
-        [((identities[k] - lo) / (hi - lo) - 0.5) * math.sqrt(12) for k, (lo, hi) in synthetic.IDENTITY_RANGES.items()], 1
-    )
 
 
 def _eye_crops(faces: dict[str, torch.Tensor]) -> torch.Tensor:
