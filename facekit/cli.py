@@ -26,7 +26,7 @@ def _register_experts(subparsers: argparse._SubParsersAction) -> None:
         description="Train the three small experts on faces drawn on the fly, save NAME.safetensors + NAME.json "
         "per expert and a results table (results.json, results.md). An expert already trained with the same "
         "settings is reused; an interrupted run resumes from its last partial checkpoint.\n"
-        "Presets: demo (embedder + parser, ~3 min on 2 idle CPU cores), full (all three, ~1.5 h on 2 cores), tiny "
+        "Presets: demo (embedder + parser, ~2 min on 2 idle CPU cores), full (all three, ~1.5 h on 2 cores), tiny "
         "(seconds, for tests).\n"
         "Examples:\n"
         "  distilswap experts train --world synthetic --out runs/experts\n"
