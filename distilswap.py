@@ -26,6 +26,7 @@ Mobile-ready face-swap distillation.
   bench     parameters, MACs, latency, peers side by side
   swap      swap faces in photos and videos
   run       the whole pipeline from a YAML config (make demo = run --config configs/demo.yaml)
+  report    the HTML/Markdown report of a run
 
 Run `distilswap COMMAND --help` for each command's options."""
 
@@ -56,7 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default: the config's `out`)")
     run.add_argument("--from-stage", help="rerun this stage and every later one")
     run.set_defaults(func=_run_pipeline)
+    report = subparsers.add_parser(
+        "report",
+        help="write RUN/report.html and report.md over a `distilswap run` directory",
+        description="Collect every stage's tables, pictures, loss curves and artifacts into one page.",
+    )
+    report.add_argument("run", help="the run directory")
+    report.set_defaults(func=_write_report)
     return parser
+
+
+def _write_report(args: argparse.Namespace) -> int:
+    from export.run_report import write_report
+
+    html_path, md_path = write_report(args.run)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
@@ -95,7 +111,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         if code:
             raise UserError(f"stage {name} failed (exit {code}); fix it and rerun: finished stages are kept")
         seconds = time.monotonic() - start
-        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1)}))
+        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1), "order": number}))
         print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
         rerun = True  # a stage that ran invalidates the caches of the stages after it
     return 0
