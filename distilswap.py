@@ -17,6 +17,8 @@ DESCRIPTION = """\
 Mobile-ready face-swap distillation.
 
   experts   train/inspect the frozen face experts (identity, parser, gaze)
+  world     the synthetic face world: previews, data sets, ground-truth swap sheets
+  identity  a source identity file (embedding + 7x7 map) from a photo or a data set sample
   teacher   train the DiffFace teacher, sample guided swaps
   pairs     write the teacher's paired swaps as shards
   quality   train the quality regressor and score pairs
@@ -67,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expand(argv: list[str]) -> list[str]:
+    """Shell-style globs (`snapshots/*.safetensors`), expanded when the stage starts, sorted."""
+    import glob
+
+    expanded = []
+    for arg in argv:
+        matches = sorted(glob.glob(arg)) if any(c in arg for c in "*?[") else []
+        expanded += matches or [arg]
+    return expanded
+
+
 def _write_report(args: argparse.Namespace) -> int:
     from export.run_report import write_report
 
@@ -98,7 +111,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     done_dir.mkdir(parents=True, exist_ok=True)
     rerun = False
     for number, (name, argv) in enumerate(stages.items(), 1):
-        argv = [str(a).format(out=out) for a in argv]
+        argv = _expand([str(a).format(out=out) for a in argv])
         key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()
         marker = done_dir / f"{name}.json"
         rerun = rerun or name == args.from_stage

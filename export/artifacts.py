@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.identity import resolve_source
+from facekit.identity import resolve_identity
 from export.metadata import artifact_metadata, set_onnx_metadata
 from export.verify import MANIFEST, REFERENCE, WEIGHT_PREFIX, Verification, verify_export, write_report
 from facekit.errors import UserError
@@ -82,7 +82,7 @@ def export_artifacts(
     resolution = resolution or model.config.resolution
     if resolution % 32:
         raise UserError(f"--resolution must be a multiple of 32, got {resolution}")
-    source_name, embedding, feature_map = resolve_source(source, model.config.identity_dim, embedder, detector_models)
+    source_name, embedding, feature_map = resolve_identity(source, embedder, detector_models, dim=model.config.identity_dim)
     identity = safe_name(name or source_name)
     check_identity_values(embedding, feature_map)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

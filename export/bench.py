@@ -93,7 +93,7 @@ def file_size(path: Path) -> int:
 
 def run_bench(options: BenchOptions) -> dict:
     from export.artifacts import export_artifacts
-    from export.identity import resolve_source, save_identity
+    from facekit.identity import resolve_identity, save_identity
     from export.onnx_export import Injector, export_graph, identity_session, ort_session, run_swapper
     from export.peers import SimSwapGenerator
     from export.report import write_chart, write_markdown, summary
@@ -114,7 +114,7 @@ def run_bench(options: BenchOptions) -> dict:
     # identity to bake (speed does not depend on it)
     if options.source:
         source = Path(options.source)
-        _, embedding, feature_map = resolve_source(source, d)
+        _, embedding, feature_map = resolve_identity(source, dim=d)
     else:
         generator = torch.Generator().manual_seed(RANDOM_IDENTITY_SEED)
         embedding = torch.nn.functional.normalize(torch.randn(1, d, generator=generator), dim=1)

@@ -1,5 +1,5 @@
-"""`distilswap experts train|show` and `distilswap world render|dataset|sheet|bench`: the synthetic face
-world and the small experts trained on it."""
+"""`distilswap experts train|show`, `distilswap world render|dataset|sheet|bench` (the synthetic face world
+and the small experts trained on it) and `distilswap identity` (a source identity file)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ RAW = argparse.RawDescriptionHelpFormatter
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_experts(subparsers)
     _register_world(subparsers)
+    _register_identity(subparsers)
 
 
 def _register_experts(subparsers: argparse._SubParsersAction) -> None:
@@ -102,6 +103,26 @@ def _register_world(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--count", type=int, default=2048, help="faces to render (after one warm-up batch)")
     bench.add_argument("--batch-size", type=int, default=64, dest="batch_size")
     bench.set_defaults(func=_world_bench)
+
+
+def _register_identity(subparsers: argparse._SubParsersAction) -> None:
+    identity = subparsers.add_parser(
+        "identity",
+        help="write a source identity file (embedding + 7x7 map) from a photo or a data set sample",
+        description="Run the identity embedder D_I once and keep its two outputs in an .npz, the --source of "
+        "`export`, `bench` and `swap`. Examples:\n"
+        "  distilswap identity --image me.jpg --embedder checkpoints/arcface.pdparams --out ids/me.npz\n"
+        "  distilswap identity --dataset runs/world --sample 0 --embedder runs/experts --out ids/s0.npz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = identity.add_mutually_exclusive_group(required=True)
+    where.add_argument("--image", help="a photo; the largest face is used")
+    where.add_argument("--dataset", help="a distilswap-faces data set (its landmarks are used; no detector)")
+    identity.add_argument("--sample", type=int, default=0, help="sample index in --dataset (default 0)")
+    identity.add_argument("--embedder", required=True, help="small-experts folder, ArcFace checkpoint or ArcFace ONNX")
+    identity.add_argument("--detector-models", help="insightface model folder (default: offline dlib detector)")
+    identity.add_argument("--out", required=True, help="identity file to write (.npz)")
+    identity.set_defaults(func=_identity)
 
 
 def _check_size(size: int) -> None:
@@ -231,3 +252,41 @@ def _world_bench(args: argparse.Namespace) -> int:
     rate = batches * n / (time.perf_counter() - start)
     print(f"{rate:.0f} faces/s at {args.size}x{args.size} on one CPU thread (batches of {n}, labels and landmarks included)")
     return 0
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facekit.errors import UserError
+    from facekit.identity import identity_from_image, resolve_identity, save_identity
+
+    if Path(args.out).exists():
+        raise UserError(f"{args.out} already exists; remove it or choose another --out")
+    if args.image:
+        _, embedding, feature_map = resolve_identity(args.image, args.embedder, args.detector_models)
+    else:
+        from facekit.detect import Face
+        from facekit.folder_dataset import FolderDataset
+
+        dataset = FolderDataset(args.dataset)
+        if not 0 <= args.sample < len(dataset):
+            raise UserError(f"--sample {args.sample}: {args.dataset} has {len(dataset)} samples")
+        item = dataset[args.sample]
+        if item.get("landmarks5") is None:
+            raise UserError(f"{args.dataset}: sample {args.sample} has no landmarks5; use --image on the photo")
+        image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        known = Face(bbox=None, score=1.0, landmarks5=item["landmarks5"].numpy())
+        embedding, feature_map = identity_from_image(image, _KnownFaces([known]), args.embedder)
+    save_identity(args.out, embedding, feature_map)
+    print(f"wrote {args.out}")
+    return 0
+
+
+class _KnownFaces:
+    """A 'detector' that returns faces whose landmarks are already known (aligned data sets)."""
+
+    def __init__(self, faces: list) -> None:
+        self.faces = faces
+
+    def detect(self, image) -> list:
+        return self.faces

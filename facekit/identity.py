@@ -1,8 +1,11 @@
-"""A source identity from a face photo: detect, align, embed with D_I.
+"""A source identity: an identity file as is, or a face photo through detection, alignment and D_I.
 
-Export (`--source face.jpg`) and swap both start here, so an identity is computed the same way
-everywhere: the largest face (or a chosen one), aligned like MobileFaceSwap's sources (ArcFace template
-×2 at 224², least-squares affine), through the identity embedder, which resizes and normalises for itself.
+Export (`--source`) and swap both come here, so an identity is computed the same way everywhere: the
+largest face (or a chosen one), aligned like MobileFaceSwap's sources (ArcFace template ×2 at 224²,
+least-squares affine), through the identity embedder, which resizes and normalises for itself.
+
+Identity files are `.npz` or `.safetensors` holding `embedding` ([512] or [1,512]) and `feature_map`
+([512,7,7] or [1,512,7,7]), the two outputs of D_I.
 """
 from __future__ import annotations
 
@@ -15,8 +18,41 @@ from torch import nn
 from facekit.errors import UserError
 
 SOURCE_CROP = 224
-IDENTITY_SUFFIXES = (".npz", ".safetensors")  # our identity files: `embedding` [512] + `feature_map` [512,7,7]
+IDENTITY_SUFFIXES = (".npz", ".safetensors")
 MAP_SIZE = 7
+
+Identity = tuple[str, torch.Tensor, torch.Tensor]  # (name, embedding [1,D], feature map [1,D,7,7])
+
+
+def resolve_identity(
+    source: str | Path,
+    embedder: str | Path | None = None,
+    detector_models: str | Path | None = None,
+    detector=None,
+    dim: int = 512,
+) -> Identity:
+    """An identity file (read as is) or a face photo (needs `embedder`); the name is the file's stem."""
+    from facekit.imageio import IMAGE_SUFFIXES, read_image
+
+    source = Path(source)
+    suffix = source.suffix.lower()
+    if suffix in IDENTITY_SUFFIXES:
+        return load_identity(source, dim)
+    if suffix not in IMAGE_SUFFIXES:
+        raise UserError(
+            f"{source}: unknown source type {suffix or '(no suffix)'}; pass an identity file "
+            f"({', '.join(IDENTITY_SUFFIXES)}) or a face photo ({', '.join(IMAGE_SUFFIXES)}) with --embedder"
+        )
+    if embedder is None:
+        raise UserError(f"{source}: a face photo needs --embedder (small-experts folder or ArcFace checkpoint), or pass an identity .npz")
+    if not source.is_file():
+        raise UserError(f"{source}: no such image")
+    if detector is None:
+        from facekit.detect import make_detector
+
+        detector = make_detector(detector_models)
+    embedding, feature_map = identity_from_image(read_image(source), detector, embedder)
+    return source.stem, embedding, feature_map
 
 
 def load_embedder(path: str | Path) -> nn.Module:
@@ -38,35 +74,30 @@ def load_embedder(path: str | Path) -> nn.Module:
 
 
 @torch.no_grad()
-def identity_from_image(image: np.ndarray, detector, embedder: nn.Module, face_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embedding [1,512] L2-normalised, feature map [1,512,7,7]) of one face in an RGB uint8 image."""
+def identity_from_image(
+    image: np.ndarray, detector, embedder: nn.Module | str | Path, face_index: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding [1,512] L2-normalised, feature map [1,512,7,7]) of one face in an RGB uint8 image.
+    An embedder given as a path is loaded only once a face was found."""
     from facekit.align import align_faces
 
-    (crop, _), = align_faces(image, detector.detect(image), SOURCE_CROP, mode="affine", index=face_index)
+    faces = detector.detect(image)
+    if not faces:
+        raise UserError("no face found in the source photo; use a clear, frontal photo of the source person")
+    (crop, _), = align_faces(image, faces, SOURCE_CROP, mode="affine", index=face_index)
+    if not isinstance(embedder, nn.Module):
+        embedder = load_embedder(embedder)
     tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(255.0)
-    embedding, feature_map = embedder(tensor)
+    embedding, feature_map = embedder.eval()(tensor)
     if feature_map is None:
         raise UserError(
             f"the embedder ({getattr(embedder, 'embedding_space', 'unknown')}) gives no 512x7x7 identity map; "
             "the student needs the IR-SE ArcFace it was trained with"
         )
-    return embedding, feature_map
+    return embedding.reshape(1, -1).float(), feature_map.float()
 
 
-def resolve_identity(source: str | Path, embedder: str | Path | None, detector) -> tuple[torch.Tensor, torch.Tensor]:
-    """An identity file (.npz/.safetensors) as is, or a face photo through `embedder`."""
-    from facekit.imageio import IMAGE_SUFFIXES, read_image
-
-    source = Path(source)
-    if source.suffix.lower() in IMAGE_SUFFIXES:
-        if embedder is None:
-            raise UserError(f"{source}: a face photo needs --embedder (small-experts folder or ArcFace checkpoint)")
-        return identity_from_image(read_image(source), detector, load_embedder(embedder))
-    _, embedding, feature_map = load_identity(source)
-    return embedding, feature_map
-
-
-def load_identity(path: str | Path, dim: int = 512) -> tuple[str, torch.Tensor, torch.Tensor]:
+def load_identity(path: str | Path, dim: int = 512) -> Identity:
     """-> (name = file stem, embedding [1,dim], feature_map [1,dim,7,7]) as float32."""
     path = Path(path)
     if not path.is_file():
@@ -91,6 +122,7 @@ def load_identity(path: str | Path, dim: int = 512) -> tuple[str, torch.Tensor, 
 
 def save_identity(path: str | Path, embedding: torch.Tensor, feature_map: torch.Tensor) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, embedding=embedding.detach().cpu().numpy().reshape(-1), feature_map=feature_map.detach().cpu().numpy().reshape(-1, MAP_SIZE, MAP_SIZE))
     return path
 

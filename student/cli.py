@@ -142,7 +142,7 @@ def _swap(args: argparse.Namespace) -> int:
 
     _refuse_existing(args.out, args.force)
     detector = make_detector(args.models_dir)
-    identity = resolve_identity(args.source, args.embedder, detector) if args.source else None
+    identity = resolve_identity(args.source, args.embedder, detector=detector)[1:] if args.source else None
     run = FaceSwapRun(detector.detect, open_swapper(args.model, identity), face_index=args.face_index)
     target = Path(args.target)
     if target.suffix.lower() in VIDEO_SUFFIXES:

@@ -11,7 +11,7 @@ from PIL import Image
 from export import artifacts, verify
 from export.artifacts import export_artifacts
 from export.coreml_export import _check_weights, check_coreml, coreml_metadata
-from export.identity import load_identity, save_identity
+from facekit.identity import load_identity, save_identity
 from export.metadata import REQUIRED_KEYS, onnx_metadata
 from export.onnx_export import export_baked, identity_session, ort_session, run_swapper
 from facekit.errors import UserError

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.identity import load_identity, resolve_source, save_identity
+from facekit.identity import load_identity, resolve_identity, save_identity
 from facekit.errors import UserError
 
 
@@ -66,8 +66,9 @@ def test_face_image_source_is_detected_aligned_and_embedded(tmp_path, monkeypatc
     arcface = IRSEArcFace(blocks=(1, 1, 1, 1), widths=(8, 16, 32, 512)).eval()
     monkeypatch.setattr(facekit.detect, "make_detector", lambda models=None: _FakeDetector([face]))
     monkeypatch.setattr(facekit.checkpoints, "load_arcface", lambda path: arcface)
-    name, embedding, feature_map = resolve_source(path, embedder=tmp_path / "arcface.pth")
-    crop, _ = align_faces(image, [face], 112, index=0)[0]
+    (tmp_path / "arcface.pth").touch()
+    name, embedding, feature_map = resolve_identity(path, embedder=tmp_path / "arcface.pth")
+    crop, _ = align_faces(image, [face], 224, mode="affine", index=0)[0]  # MobileFaceSwap's source crop
     with torch.no_grad():
         expected_embedding, expected_map = arcface(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255)
     assert name == "carol" and feature_map.shape == (1, 512, 7, 7)
@@ -79,7 +80,8 @@ def test_face_image_without_face_or_embedder_is_user_error(tmp_path, monkeypatch
 
     path, _ = _face_image(tmp_path)
     with pytest.raises(UserError, match="--embedder"):
-        resolve_source(path)
+        resolve_identity(path)
     monkeypatch.setattr(facekit.detect, "make_detector", lambda models=None: _FakeDetector([]))
+    (tmp_path / "arcface.pth").touch()
     with pytest.raises(UserError, match="no face found"):
-        resolve_source(path, embedder=tmp_path / "arcface.pth")
+        resolve_identity(path, embedder=tmp_path / "arcface.pth")
