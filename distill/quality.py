@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,19 +139,13 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
 def save_quality(model: QualityRegressor, path: str | Path, pair_resolution: int, report: dict[str, object]) -> Path:
     from safetensors.torch import save_file
 
+    from facekit.imageio import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "input_size": str(model.input_size), "pair_resolution": str(pair_resolution),
                 "report": json.dumps(report)}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda temp: save_file(state, str(temp), metadata=metadata))
     return path
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -12,6 +10,7 @@ import torch
 
 from facekit.checkpoints import load_state_strict
 from facekit.errors import UserError
+from facekit.imageio import atomic_write
 from student.config import StudentConfig
 from student.model import MobileFaceSwap
 
@@ -23,17 +22,9 @@ def save_student(model: MobileFaceSwap, path: str | Path, extra: Mapping[str, st
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda temp: save_file(state, str(temp), metadata=metadata))
     return path
 
 

@@ -29,3 +29,12 @@ def reference_tsv():
         return shapes
 
     return read
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run faster on one thread (and leave the other core to a parallel job)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

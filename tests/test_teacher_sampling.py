@@ -9,12 +9,7 @@ from teacher.sampling import guided_swap, identity_similarity, load_swap_config
 from teacher_tiny import tiny_experts, tiny_unet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 @pytest.fixture(scope="module")

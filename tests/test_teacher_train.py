@@ -11,12 +11,7 @@ from teacher.train import load_train_config, snapshot_steps, train
 from teacher_tiny import TINY_UNET, tiny_experts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 def config(tmp_path, name, **overrides):

@@ -16,13 +16,7 @@ if not REFERENCE.is_dir():
     REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on 2 shared cores run far faster single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 def read_manifest(name: str) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
