@@ -122,13 +122,6 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
                         "regenerate the damaged shard (rerun `distilswap pairs generate`) or remove it") from None
     if len(dataset) == 0:
         raise UserError(f"{path}: no finished shards yet; let `distilswap pairs generate` finish")
-    if dataset.manifest.get("teacher", {}).get("kind") == "oracle":
-        oracle = OracleTruth(dataset)
-        if oracle.matches(0):
-            dataset = oracle
-        else:
-            log.warning("%s: oracle pairs, but their ground truth cannot be re-rendered (the generator changed): "
-                        "evaluating without it", path)
     meta: dict[str, list[Any]] = {k: [] for k in META_KEYS}
     items: list[dict[str, torch.Tensor]] = []
     size = int(dataset.manifest["image_size"])
@@ -148,48 +141,12 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
         meta["fraction"].append(float(item["fraction"]))
         if keep_images:
             items.append({k: _to_uint8(item[k]) for k in (*IMAGE_KEYS, "mask", "truth") if k in item})
-    has_truth = isinstance(dataset, OracleTruth) or "truth" in dataset[0]
+    has_truth = "truth" in dataset[0]
     source: Sequence[Mapping[str, Any]] = _Uint8Images(items) if keep_images else dataset
     resolution = int(dataset.manifest["image_size"])
     log.info("%s: %d pairs from %d shards at %d²%s", path, len(dataset), len(dataset.shards), resolution,
              " with ground truth" if has_truth else "")
     return PairList(source, meta, resolution, has_truth)
-
-
-class OracleTruth(Dataset):
-    """Stopgap until the pair format stores the ground-truth swap: oracle shards are a pure function of the
-    data set seed and the shard index, so the synthetic world re-renders each shard's perfect swaps. `matches`
-    checks the re-rendered target against the stored one before anything relies on it."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset, self.manifest = dataset, dataset.manifest
-        self.shards = dataset.shards
-        self._cache: tuple[int, Any] | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _job(self, shard: int) -> Any:
-        from teacher.pairs import synthetic_job
-
-        if self._cache is None or self._cache[0] != shard:
-            size, total = self.manifest["shard_size"], self.manifest["total_pairs"]
-            seed = self.manifest["seed"] * 1_000_003 + shard * 7919  # teacher.pairs.generate_pairs' shard seed
-            self._cache = (shard, synthetic_job(seed, min(size, total - shard * size), self.manifest["image_size"]))
-        return self._cache[1]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.dataset[index])
-        shard, row = divmod(int(item["pair_index"]), self.manifest["shard_size"])
-        item["truth"] = self._job(shard).truth[row]
-        return item
-
-    def matches(self, index: int) -> bool:
-        item = self.dataset[index]
-        shard, row = divmod(int(item["pair_index"]), self.manifest["shard_size"])
-        rendered = (self._job(shard).target[row] * 255).round() / 255
-        # mean, not max: anti-aliased edges may differ in a few pixels with the thread count
-        return bool((rendered - item["target"]).abs().mean() <= 0.5 / 255)
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ FORMAT (version 1), the contract between teachers and distillation; any teacher 
         fraction               float32 [n]      training fraction of the teacher snapshot that made the swap
         snapshot               int64 [n]        index into manifest["teacher"]["snapshots"]
         pair_index             int64 [n]        global pair number (0..N-1): no pair appears twice
+        truth                  uint8 [n,3,S,S]  optional: the exact swap, when the faces come from the synthetic world
       metadata: "manifest" (the manifest JSON, so a shard is self-describing).
 
 A shard only counts once it is listed in a progress file; it is written to a temporary name, fsynced and
@@ -42,7 +43,7 @@ from .checkpoint import _fsync_replace
 
 FORMAT = "distilswap-pairs"
 VERSION = 1
-IMAGE_KEYS = ("source", "target", "swap", "mask")
+IMAGE_KEYS = ("source", "target", "swap", "mask", "truth")
 log = logging.getLogger(__name__)
 
 
@@ -407,9 +408,12 @@ def _make_shard(teacher: Teacher, experts, job: PairJob, k: int, shard_size: int
     device = next(experts.embedder.parameters()).device
     similarity = identity_similarity(experts, to_model(job.source[keep]).to(device), to_model(swap[keep]).to(device))
     fractions = torch.tensor([teacher.snapshots[s]["fraction"] for s in snap.tolist()], dtype=torch.float32)
-    return {"source": job.source[keep], "target": job.target[keep], "swap": swap[keep], "mask": mask[keep],
-            "id_similarity": similarity.float().cpu(), "fraction": fractions[keep], "snapshot": snap[keep].long(),
-            "pair_index": keep.long() + k * shard_size}, drops
+    pairs = {"source": job.source[keep], "target": job.target[keep], "swap": swap[keep], "mask": mask[keep],
+             "id_similarity": similarity.float().cpu(), "fraction": fractions[keep], "snapshot": snap[keep].long(),
+             "pair_index": keep.long() + k * shard_size}
+    if job.truth is not None:
+        pairs["truth"] = job.truth[keep]
+    return pairs, drops
 
 
 def _claim(root: Path, manifest: dict) -> None:

@@ -44,6 +44,8 @@ def test_format_roundtrip_and_oracle_degrades_with_fraction(tmp_path):
         assert torch.allclose(item["swap"] * outside, item["target"] * outside, atol=1 / 255)
         assert -1 <= float(item["id_similarity"]) <= 1
         assert float(item["fraction"]) == pytest.approx(manifest["teacher"]["snapshots"][int(item["snapshot"])]["fraction"])
+        if float(item["fraction"]) == 1.0:  # synthetic pairs carry the exact swap; the final oracle snapshot is it
+            assert torch.allclose(item["swap"] * item["mask"], item["truth"] * item["mask"], atol=1 / 255)
     # an early snapshot is further from the truth than the final one
     job = pairs_module.synthetic_job(0, 4, 32)
     early, _, _ = OracleTeacher((0.1,)).swap(job, 0, torch.Generator())
