@@ -7,7 +7,6 @@ source | target | teacher | student | mask), and at the end `student.safetensors
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -23,6 +22,7 @@ from torch.utils.data import default_collate
 
 from facekit.arcface import resize_to
 from facekit.errors import UserError
+from facekit.training import EMA, setup_distributed
 from distill.data import PairList, split_by_identity
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
@@ -89,33 +89,6 @@ def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = 
     return DistillConfig(weights=LossWeights(**weights), **data)
 
 
-# -- distributed ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> Dist:
-    """Process group only under torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if world <= 1:
-        return Dist(device=torch.device(device or ("cuda" if use_cuda else "cpu")))
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
-
-
 def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
     """The pairs of one rank at one step: a seeded permutation per epoch, so the order is a pure function of
     the step and resuming needs no sampler state."""
@@ -148,21 +121,6 @@ def build_student(config: DistillConfig, pair_resolution: int, identity_dim: int
 
 def _describe(config: StudentConfig) -> str:
     return (f"{config.resolution}² encoder {list(config.encoder_channels)} identity {config.identity_dim}")
-
-
-class EMA:
-    """Exponential moving average of the student's parameters (buffers copied): the weights evaluated and shipped."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for ema, live in zip(self.model.parameters(), model.parameters()):
-            ema.lerp_(live.detach(), 1.0 - self.decay)
-        for ema, live in zip(self.model.buffers(), model.buffers()):
-            ema.copy_(live)
 
 
 # -- one step ------------------------------------------------------------------------------------------------
@@ -281,8 +239,7 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
         bar.close()
         if writer is not None:
             writer.close()
-    if dist.world > 1:
-        torch.distributed.destroy_process_group()
+    dist.close()
     if not dist.main:
         return {}
     from student.checkpoint import save_student

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import yaml
 
 from facekit.errors import UserError
+from facekit.training import EMA, setup_distributed
 
 from .checkpoint import _fsync_replace, read_metadata, save_weights
 from .data import FaceSource
@@ -84,22 +85,6 @@ def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]
     return {max(1, round(f * total)): f for f in fractions}
 
 
-class EMA:
-    """Exponential moving average of the weights, with the usual warm-up so short runs get a useful EMA."""
-
-    def __init__(self, model: torch.nn.Module, rate: float):
-        self.rate = rate
-        self.model = UNetModel(model.config)
-        self.model.load_state_dict(model.state_dict())
-        self.model.requires_grad_(False).eval()
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        rate = min(self.rate, (1 + step) / (10 + step))
-        for ema, p in zip(self.model.parameters(), model.parameters()):
-            ema.lerp_(p.detach().float(), 1 - rate)
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
@@ -112,11 +97,8 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def train(config: TrainConfig, experts: Experts | None = None, stop_after: int | None = None) -> Path:
     """Train (or resume) to `config.steps`; `stop_after` ends this process early (tests, time slicing)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    started_group = world > 1 and not dist.is_initialized()
-    if started_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    ddp = setup_distributed()
+    world, rank, device = ddp.world, ddp.rank, ddp.device
     out = Path(config.out)
     experts = experts or load_experts(config.experts, arcface=config.arcface)
     experts.embedder.to(device)
@@ -125,7 +107,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
                                                "use_checkpoint": config.grad_checkpoint})
     torch.manual_seed(config.seed)
     model = UNetModel(unet_config).to(device)
-    ema = EMA(model, config.ema_rate)
+    ema = EMA(model, config.ema_rate, warmup=True)
     ema.model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
@@ -178,8 +160,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
         writer.close()
     if world > 1:
         dist.barrier()
-    if started_group:
-        dist.destroy_process_group()
+    ddp.close()
     return out
 
 
