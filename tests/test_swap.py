@@ -110,3 +110,20 @@ def _write_clip_with_audio(av, path, frames, fps=10):
             chunk.sample_rate = 16000
             container.mux(audio.encode(chunk))
         container.mux(audio.encode(None))
+
+
+def test_the_exported_phone_graph_swaps_like_the_pytorch_student(assets):
+    """The baked ONNX (what ships to a phone) checked on a desktop photo: same faces, same pixels ±1."""
+    from export.onnx_export import export_baked
+    from facekit.identity import load_identity
+    from student.checkpoint import load_student
+
+    root, checkpoint, identity, _ = assets
+    _, embedding, feature_map = load_identity(identity)
+    onnx_path = export_baked(load_student(checkpoint).bake(embedding, feature_map), root / "swapper_someone.onnx", {})
+    by_torch, by_onnx = root / "torch.png", root / "onnx.png"
+    for model, out in ((checkpoint, by_torch), (onnx_path, by_onnx)):
+        assert distilswap.main(["swap", "--model", str(model), "--source", str(identity), "--target", str(GROUP),
+                                "--out", str(out), "--face-index", "0"]) == 0
+    difference = np.abs(read_image(by_torch).astype(int) - read_image(by_onnx).astype(int))
+    assert difference.max() <= 1
