@@ -64,9 +64,29 @@ def loss_curves(stage_dir: Path, out_png: Path) -> Path | None:
 
 
 def _pictures(stage_dir: Path) -> list[Path]:
-    """The newest few PNGs of a stage (sample grids are written every N steps: the last ones tell most)."""
-    pictures = sorted(stage_dir.rglob("*.png"), key=lambda p: p.stat().st_mtime)
-    return pictures[-MAX_PICTURES_PER_STAGE:]
+    """The newest few PNGs of a stage (sample grids are written every N steps: the last ones tell most);
+    a data set's own images and label maps are data, not results."""
+    pictures = [p for p in stage_dir.rglob("*.png") if not {"images", "labels"} & set(p.relative_to(stage_dir).parts)]
+    return sorted(pictures, key=lambda p: p.stat().st_mtime)[-MAX_PICTURES_PER_STAGE:]
+
+
+def pairs_sheet(stage_dir: Path, out_png: Path, per_shard: int = 2, max_rows: int = 12) -> Path | None:
+    """source | target | teacher swap | ground truth (when the pairs carry it), a few pairs of every shard
+    (a diffusion teacher uses one snapshot per shard, so the rows go from early to final snapshots)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from facekit.imageio import write_image
+
+    rows = []
+    for path in sorted((stage_dir / "shards").glob("*.safetensors")):
+        shard = load_file(str(path))
+        columns = [k for k in ("source", "target", "swap", "truth") if k in shard]
+        rows += [np.concatenate([shard[k][i].transpose(1, 2, 0) for k in columns], axis=1)
+                 for i in range(min(per_shard, len(shard["source"])))]
+    if not rows:
+        return None
+    return write_image(out_png, np.concatenate(rows[:max_rows], axis=0))
 
 
 def _tables(stage_dir: Path) -> list[tuple[Path, str]]:
@@ -82,8 +102,18 @@ def _artifacts(stage_dir: Path) -> list[tuple[str, int]]:
 
 
 def _verification(stage_dir: Path) -> str | None:
+    """The export's checks as a Markdown table (artifact, check, ok, value, bound)."""
     report = stage_dir / "verification.json"
-    return json.dumps(json.loads(report.read_text()), indent=1) if report.is_file() else None
+    if not report.is_file():
+        return None
+    checks = json.loads(report.read_text()).get("checks", [])
+    rows = ["| artifact | check | ok | value | bound |", "|---|---|---|---|---|"]
+    rows += [
+        f"| {c.get('artifact')} | {c.get('check')} | {'yes' if c.get('ok') else 'NO'} | "
+        f"{'' if c.get('value') is None else format(c['value'], '.3g')} | {'' if c.get('bound') is None else c['bound']} |"
+        for c in checks
+    ]
+    return "\n".join(rows)
 
 
 def write_report(run: str | Path) -> tuple[Path, Path]:
@@ -101,8 +131,9 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
             continue
         md += ["", f"## {record['name']}", ""]
         body.append(f"<h2>{html.escape(record['name'])}</h2>")
-        curves = loss_curves(stage_dir, run / f".{record['name']}_curves.png")
-        for picture in ([curves] if curves else []) + _pictures(stage_dir):
+        made = [loss_curves(stage_dir, run / f".{record['name']}_curves.png"),
+                pairs_sheet(stage_dir, run / f".{record['name']}_sheet.png")]
+        for picture in [p for p in made if p] + _pictures(stage_dir):
             rel = picture.relative_to(run)
             md.append(f"![{rel}]({rel})")
             body.append(f'<figure><img src="{html.escape(str(rel))}"><figcaption>{html.escape(str(rel))}</figcaption></figure>')
@@ -116,7 +147,7 @@ def write_report(run: str | Path) -> tuple[Path, Path]:
             body.append(f"<table><tr><th>artifact</th><th>bytes</th></tr>{rows}</table>")
         verification = _verification(stage_dir)
         if verification:
-            md += ["", "Verification:", "", "```json", verification, "```"]
+            md += ["", "Verification:", "", verification]
             body.append(f"<h3>verification</h3><pre>{html.escape(verification)}</pre>")
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}pre{background:#f4f4f4;padding:8px;overflow-x:auto}td,th{padding:2px 8px;text-align:left}"
     html_path, md_path = run / "report.html", run / "report.md"
