@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch import nn
 
 from facekit import synthetic
 from facekit.errors import UserError
+from facekit.imageio import atomic_write
 
 EXPERTS = ("embedder", "parser", "gaze")
 VERSION = 1  # bump when training code changes what a config produces
@@ -482,16 +481,12 @@ def _jsonable(value: Any) -> Any:
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        pass
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, handle.name)
-    os.replace(handle.name, path)
+    state = {k: v.detach().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda temp: save_file(state, str(temp)))
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    atomic_write(path, lambda temp: temp.write_text(text))
 
 
 SCORE_NAMES = {"verification_accuracy": "verification accuracy", "miou": "mIoU",
