@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--checkpoint", help="student checkpoint (.safetensors)")
     export.add_argument("--source", help="identity file (.npz / .safetensors: embedding + feature_map) or a face image")
-    export.add_argument("--embedder", help="IR-SE ArcFace checkpoint for a face-image --source (.pdparams / .pth / .tar)")
+    export.add_argument("--embedder", help="identity embedder for a face-image --source: IR-SE ArcFace checkpoint (.pdparams / .pth / .tar) or a small-experts folder")
     export.add_argument("--detector-models", help="insightface model folder for face detection (default: offline dlib)")
     export.add_argument("--out", help="output directory to create")
     export.add_argument("--formats", default="onnx,ort,coreml", help="comma list of onnx, ort, int8, coreml (default onnx,ort,coreml)")

@@ -15,7 +15,7 @@ import torch
 from facekit.errors import UserError
 from facekit.smoothing import OneEuroFilter
 
-Identity = tuple[torch.Tensor, torch.Tensor]  # (embedding [1,D], feature map [1,D,7,7])
+IdentityTensors = tuple[torch.Tensor, torch.Tensor]  # (embedding [1,D], feature map [1,D,7,7])
 # MobileFaceSwap fits its 224² crops with a full least-squares affine to the ArcFace template ×2.
 ALIGN_MODE = "affine"
 
@@ -40,7 +40,7 @@ def _to_numpy(images: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarra
 class TorchSwapper:
     """A student checkpoint with one identity baked in (a plain static network)."""
 
-    def __init__(self, checkpoint: str | Path, identity: Identity):
+    def __init__(self, checkpoint: str | Path, identity: IdentityTensors):
         from student.checkpoint import load_student
 
         model = load_student(checkpoint)
@@ -101,7 +101,7 @@ class FaceSwapRun:
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         from facekit.align import estimate_transform, paste_back, warp_face
 
-        faces = sorted(self.detector(frame), key=lambda f: -_area(f.bbox))
+        faces = self.detector(frame)  # largest first: the FaceDetector contract
         if self.face_index is not None:
             if self.face_index >= len(faces):
                 return frame, 0
@@ -124,12 +124,7 @@ class FaceSwapRun:
         return out, len(faces)
 
 
-def _area(bbox: Sequence[float]) -> float:
-    x0, y0, x1, y1 = bbox[:4]
-    return max(0.0, x1 - x0) * max(0.0, y1 - y0)
-
-
-def open_swapper(model: str | Path, identity: Identity | None) -> CropSwapper:
+def open_swapper(model: str | Path, identity: IdentityTensors | None) -> CropSwapper:
     """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder."""
     model = Path(model)
     if model.is_dir():
@@ -145,7 +140,7 @@ def open_swapper(model: str | Path, identity: Identity | None) -> CropSwapper:
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
 
 
-def _injected_weights(injector: Path, identity: Identity | None) -> dict[str, np.ndarray] | None:
+def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[str, np.ndarray] | None:
     """Identity weights from the exported injector next to a dynamic swapper (None when not applicable)."""
     if identity is None or not injector.is_file():
         return None
