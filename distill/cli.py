@@ -65,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--no-parser", action="store_true",
                          help="leave the parser out: the mask loss uses the teacher's blend mask, the perceptual "
                               "loss (without VGG) only the identity features")
+    distill.add_argument("--judge", help="identity model for the evaluation only (small-experts folder, ArcFace "
+                         "checkpoint or ONNX); default the training embedder, which flatters the student")
     distill.add_argument("--init", help="student checkpoint to start from (e.g. imported official weights)")
     distill.add_argument("--vgg-weights", help="local torchvision vgg16 state dict for the perceptual loss")
     distill.add_argument("--steps", type=int)
@@ -155,8 +157,14 @@ def run_distill(args: argparse.Namespace) -> int:
         check_scores_match(meta, pairs.fingerprint, source)
     experts = load_experts(args.experts, args.arcface, args.parser)
     parser = None if args.no_parser else experts.parser
+    judge = None
+    if args.judge:
+        from facekit.frozen import freeze
+        from facekit.identity import load_embedder
+
+        judge = freeze(load_embedder(args.judge))
     result = distill(pairs, experts.embedder, parser, config, args.out, scores, source, args.init,
-                     args.vgg_weights, args.device)
+                     args.vgg_weights, args.device, judge=judge, judge_name=args.judge or "")
     if result:
         print(format_table(result))
         print(f"\nstudent: {Path(args.out) / 'student.safetensors'}")

@@ -160,8 +160,9 @@ def pair_weights(pairs: PairList, combination: str, scores: Mapping[str, Mapping
 def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig,
             run_dir: str | Path, scores: Mapping[str, Mapping[str, float]] | None = None, scores_source: str = "",
             init: str | None = None, vgg_weights: str | None = None, device: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) in run_dir; returns the final evaluation (also written to eval.json / eval.md)."""
+            progress: bool = True, judge: nn.Module | None = None, judge_name: str = "") -> dict[str, Any]:
+    """Train (or resume) in run_dir; returns the final evaluation (also written to eval.json / eval.md).
+    judge: an identity model not used in training, for the evaluation's identity similarity."""
     from tqdm import tqdm
 
     from distill.evaluate import evaluate, write_table
@@ -246,7 +247,7 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
 
     save_student(ema.model, run_dir / "student.safetensors",
                  extra={"steps": str(step), "reweight": config.reweight, "perceptual": perceptual_kind})
-    result = evaluate(ema.model, embedder, val, resolution, config.eval_batch_size)
+    result = evaluate(ema.model, embedder, val, resolution, config.eval_batch_size, judge, judge_name)
     result["run"] = {"steps": step, "reweight": config.reweight, "perceptual": perceptual_kind,
                      "train_pairs": len(train), "val_pairs": len(val)}
     write_table(result, run_dir)

@@ -77,6 +77,28 @@ def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_identity_is_judged_by_the_named_model(pairs, embedder):
+    """A second recognition model judges identity (the training one flatters the student), the table names
+    it, and the ceiling (ground truth) and the teacher's final snapshot get their own rows."""
+    from distill.evaluate import evaluate, format_table
+    from facekit.arcface import IRSEArcFace
+    from facekit.frozen import freeze
+
+    torch.manual_seed(1)
+    judge = freeze(IRSEArcFace(blocks=(1, 1, 1, 1), widths=(4, 8, 16, 24), embedding_dim=24))
+    student = tiny_student()
+    own = evaluate(student, embedder, pairs, 32)
+    judged = evaluate(student, embedder, pairs, 32, judge=judge, judge_name="judge.safetensors")
+    assert "training embedder" in own["identity_judge"] and judged["identity_judge"] == "judge.safetensors"
+    assert judged["student"]["id_sim_source"] != pytest.approx(own["student"]["id_sim_source"])
+    assert judged["student"]["truth_l1"] == pytest.approx(own["student"]["truth_l1"])  # only identity changes
+    final = max(pairs.fractions.tolist())
+    assert judged["final_snapshot_pairs"] == int((pairs.fractions == final).sum()) > 0
+    for row in ("teacher, final snapshot", "ground truth"):
+        assert set(judged[row]) == {"id_sim_source"}
+    assert "judged by judge.safetensors" in format_table(judged)
+
+
 def test_resume_continues_exactly(pairs, embedder, tmp_path):
     tiny = {**TINY, "checkpoint_every": 1}
     straight = DistillConfig(steps=2, reweight="off", **tiny)
