@@ -16,8 +16,9 @@ Distil the MobileFaceSwap student from the teacher's pairs: a·(L1 + perceptual)
 identity loss to the source, weak mask loss on the target's background. Rerun the same command to resume.
 
 examples:
-  distilswap distill --pairs runs/pairs --experts runs/experts --out runs/distill --config configs/distill_small.yaml
+  distilswap distill --pairs runs/pairs --experts runs/experts --out runs/distill --config configs/distill_synthetic.yaml
   distilswap distill ... --reweight off --out runs/distill_noreweight          # the ablation
+  distilswap compare runs/distill runs/distill_noreweight --out runs/ablation   # what reweighting buys
   distilswap student import MobileFaceSwap_224.pdparams --out official.safetensors
   distilswap distill ... --init official.safetensors --config configs/distill_finetune.yaml
   torchrun --nproc_per_node 8 distilswap.py distill ...                        # DDP"""
@@ -76,6 +77,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--seed", type=int)
     distill.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     distill.set_defaults(func=run_distill)
+
+    compare = subparsers.add_parser(
+        "compare", help="distillation runs' held-out tables side by side (e.g. the reweighting ablation)",
+        description="Put finished `distilswap distill` runs (same pairs, same --judge) side by side with the "
+                    "teacher, the do-nothing floor (the target) and the ceiling (ground truth): compare.md + "
+                    "compare.png.\n\nexample:\n  distilswap compare runs/rw_product runs/rw_off --out runs/ablation",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("runs", nargs="+", help="distill run directories (each with eval.json)")
+    compare.add_argument("--out", help="directory for compare.md and compare.png (default: print only)")
+    compare.set_defaults(func=run_compare)
 
 
 def _logging() -> None:
@@ -168,4 +179,20 @@ def run_distill(args: argparse.Namespace) -> int:
     if result:
         print(format_table(result))
         print(f"\nstudent: {Path(args.out) / 'student.safetensors'}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from distill.compare import compare_rows, format_markdown, save_chart
+
+    rows, judge = compare_rows(args.runs)
+    table = format_markdown(rows, judge)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(table)
+        print(f"chart: {save_chart(rows, out / 'compare.png')}")
     return 0

@@ -6,8 +6,8 @@ Identity similarity is measured by a *judge*. The student was trained to please 
 that embedder flatters it (the student can raise the cosine without looking more like the source); face-swap
 papers measure identity with a second recognition model, and so does `distill --judge`. The table says which
 one measured. Rows: the student; the teacher over all its snapshots (what the student learned from); the
-teacher's final snapshot alone (what a user would deploy); and, on the synthetic world, the ground truth
-(the ceiling the judge allows).
+teacher's final snapshot alone (what a user would deploy); and, on the synthetic world, the target itself
+(the floor: a student that learned nothing copies it) and the ground truth (the ceiling the judge allows).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from facekit.arcface import resize_to
 from distill.data import PairList
 
-ROWS = ("student", "teacher", "teacher, final snapshot", "ground truth")
+ROWS = ("student", "teacher", "teacher, final snapshot", "target (no swap)", "ground truth")
 
 
 def mask_iou(predicted: torch.Tensor, reference: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -78,6 +78,7 @@ def evaluate(student: nn.Module, embedder: nn.Module, pairs: PairList, resolutio
         means.add("student", "mask_iou_teacher", mask_iou(mask.float(), blend))
         images = {"student": output, "teacher": teacher}
         if pairs.has_truth:
+            images["target (no swap)"] = target
             images["ground truth"] = resize_to(batch["truth"].to(device).float(), resolution)
         for row, image in images.items():
             similarity = _cosine(judge(image)[0], z_judge)
@@ -86,7 +87,7 @@ def evaluate(student: nn.Module, embedder: nn.Module, pairs: PairList, resolutio
                 means.add("teacher, final snapshot", "id_sim_source", similarity, last)
         if pairs.has_truth:
             face = blend[:, 0] > 0.5  # the teacher's blend mask: the target's face, the region a swap changes
-            for row in ("student", "teacher"):
+            for row in ("student", "teacher", "target (no swap)"):
                 truth = images["ground truth"]
                 means.add(row, "truth_l1", (images[row] - truth).abs().flatten(1).mean(1))
                 for key, value in swap_metrics(images[row], truth, source, target, face).items():

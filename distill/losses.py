@@ -1,10 +1,14 @@
 """Distillation losses (SPEC §3), every one per sample ([B]) so the reweighting coefficient a can scale the
 teacher-matching terms pair by pair:
 
-    a·(λ_l1·L1 + λ_perc·perceptual)(student, teacher) + λ_id·(1 − cos(D_I(src), D_I(student))) + λ_mask·L_mask
+    a·(λ_l1·L1 + λ_perc·perceptual)(student, teacher) + a·λ_image·L1(generated image, teacher)
+    + λ_id·(1 − cos(D_I(src), D_I(student))) + λ_mask·L_mask
 
 The weak mask loss only says where the fusion mask must be 0 (the target's background): the mask is never told
-where the face is, the reconstruction terms decide that.
+where the face is, the reconstruction terms decide that. The image term is ours, not the paper's: with the
+output terms alone the fusion mask closes (M → 0, the student copies the target) before the generated image is
+any good, and a closed mask passes no gradient to the image branch again. Supervising the generated image
+before fusion keeps it learning whatever the mask does (λ_image = 0 is the paper's loss).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class LossWeights:
     perceptual: float = 1.0
     identity: float = 1.0
     mask: float = 1.0
+    image: float = 1.0
 
 
 def l1_per_sample(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from distill.data import PairList, split_by_identity
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
 from student.config import StudentConfig, scaled
+from student.idn import fuse_with_target
 from student.model import MobileFaceSwap
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = 
         weights = dataclasses.asdict(weights)
     bad = sorted(set(weights) - {f.name for f in dataclasses.fields(LossWeights)})
     if bad:
-        raise UserError(f"unknown loss weights: {', '.join(bad)} (known: l1, perceptual, identity, mask)")
+        known_weights = ", ".join(f.name for f in dataclasses.fields(LossWeights))
+        raise UserError(f"unknown loss weights: {', '.join(bad)} (known: {known_weights})")
     if "betas" in data:
         data["betas"] = tuple(data["betas"])
     return DistillConfig(weights=LossWeights(**weights), **data)
@@ -132,16 +134,19 @@ def compute_losses(student: nn.Module, embedder: nn.Module, parser: nn.Module | 
     with torch.no_grad():
         embedding, feature_map = embedder(source)
         keep = background(target, teacher, resize_to(batch["mask"], resolution), parser)
-    output, mask = student(target, embedding, feature_map)
-    output = output.float()
+    image, mask = student(target, embedding, feature_map, fuse=False)
+    image, mask = image.float(), mask.float()
+    output = fuse_with_target(image, mask, target)
     output_embedding, output_map = embedder(output)  # one forward for the identity and expert-perceptual terms
     l1 = l1_per_sample(output, teacher)
     perc = perceptual(output, teacher, output_map)
     ident = identity_loss(output_embedding, embedding)
-    weak = mask_loss(mask.float(), keep)
-    total = (a * (weights.l1 * l1 + weights.perceptual * perc)).mean()
+    weak = mask_loss(mask, keep)
+    generated = l1_per_sample(image, teacher)
+    total = (a * (weights.l1 * l1 + weights.perceptual * perc + weights.image * generated)).mean()
     total = total + weights.identity * ident.mean() + weights.mask * weak.mean()
-    terms = {"l1": l1.mean(), "perceptual": perc.mean(), "identity": ident.mean(), "mask": weak.mean()}
+    terms = {"l1": l1.mean(), "perceptual": perc.mean(), "image": generated.mean(), "identity": ident.mean(),
+             "mask": weak.mean()}
     return total, terms
 
 

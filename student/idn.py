@@ -59,8 +59,10 @@ def run_idn(
     decoder: Sequence[Level],
     final: nn.Module,
     mask_head: nn.Module,
+    fuse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """target in [0,1] -> (swapped image in [0,1], fusion mask); output = image·M + target·(1−M)."""
+    """target in [0,1] -> (swapped image in [0,1], fusion mask); output = image·M + target·(1−M).
+    fuse=False returns the generated image before fusion (training supervises it directly)."""
     x = (target - 0.5) / 0.5
     skips = []
     for level in encoder:
@@ -73,7 +75,11 @@ def run_idn(
         if i < len(decoder) - 1:
             y = torch.cat((y, skips[len(decoder) - 1 - i]), dim=1)
     image = (1.0 + final(y)) / 2.0
-    return image * mask + target * (1.0 - mask), mask
+    return (fuse_with_target(image, mask, target) if fuse else image), mask
+
+
+def fuse_with_target(image: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return image * mask + target * (1.0 - mask)
 
 
 def identity_weight_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:

@@ -68,8 +68,10 @@ class MobileFaceSwap(nn.Module):
         return weights
 
     # -- running the IDN -----------------------------------------------------------------------
-    def swap(self, target: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the IDN with given identity weights (per-sample [B,...] or shared [...]) -> (image, mask)."""
+    def swap(self, target: torch.Tensor, weights: Mapping[str, torch.Tensor],
+             fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the IDN with given identity weights (per-sample [B,...] or shared [...]) -> (image, mask);
+        fuse=False: the generated image before the fusion mask is applied."""
         check_target(target)
 
         def level(prefix: str, stride: int, padding: int):
@@ -78,15 +80,15 @@ class MobileFaceSwap(nn.Module):
 
         encoder = [level(f"Encoder.{i}", 2, 1) for i in range(5)]
         decoder = [level(f"Decoder.{i}", 1, 1) for i in range(4)]
-        return run_idn(target, encoder, decoder, self.final, self.mask)
+        return run_idn(target, encoder, decoder, self.final, self.mask, fuse)
 
     def forward(
-        self, target: torch.Tensor, embedding: torch.Tensor, feature_map: torch.Tensor
+        self, target: torch.Tensor, embedding: torch.Tensor, feature_map: torch.Tensor, fuse: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training mode: sample b of `target` gets the identity (embedding[b], feature_map[b])."""
         if embedding.shape[0] != target.shape[0]:
             raise UserError(f"batch mismatch: {target.shape[0]} targets but {embedding.shape[0]} identities")
-        return self.swap(target, self.identity_weights(embedding, feature_map))
+        return self.swap(target, self.identity_weights(embedding, feature_map), fuse)
 
     @torch.no_grad()
     def bake(self, embedding: torch.Tensor, feature_map: torch.Tensor) -> SwapNet:

@@ -94,6 +94,7 @@ def test_identity_is_judged_by_the_named_model(pairs, embedder):
     assert judged["student"]["truth_l1"] == pytest.approx(own["student"]["truth_l1"])  # only identity changes
     final = max(pairs.fractions.tolist())
     assert judged["final_snapshot_pairs"] == int((pairs.fractions == final).sum()) > 0
+    assert judged["target (no swap)"]["truth_l1"] > 0
     for row in ("teacher, final snapshot", "ground truth"):
         assert set(judged[row]) == {"id_sim_source"}
     assert "judged by judge.safetensors" in format_table(judged)
