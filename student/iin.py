@@ -32,7 +32,15 @@ class ConvBlock(nn.Module):
 
 
 class WeightPredictor(nn.Module):
-    """Feature map [B,D,7,7] -> depthwise kernels: encoder [B,C,4,4] per level, decoder [B,C,3,3]."""
+    """Feature map [B,D,7,7] -> depthwise kernels: encoder [B,C,4,4] per level, decoder [B,C,3,3].
+
+    Each kernel is a shared base plus the identity's predicted deviation. The bases are ours, not the
+    official layout's (importing official weights sets them to 0, which is exactly the official network):
+    without them every tap of every kernel, down to the first layer's, has to come out of five stacked
+    conv-BN blocks fed by the identity map, and from scratch the network cannot even learn to copy its
+    input (measured: L1 stuck at 0.15 on one batch, 0.06 with bases, 150 steps). The deviations start small
+    (weight convs ×0.1) so the bases shape the network first.
+    """
 
     def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int], dim: int = 512):
         super().__init__()
@@ -45,6 +53,12 @@ class WeightPredictor(nn.Module):
         self.encoder = nn.ModuleList(ConvBlock(a, b) for a, b in zip(enc[:-1], enc[1:]))
         dec = [dim, *decoder_channels]
         self.decoder = nn.ModuleList(ConvBlock(a, b) for a, b in zip(dec[:-1], dec[1:]))
+        self.encoder_base = nn.ParameterList(nn.Parameter(_kernel_init(c, 4)) for c in encoder_channels)
+        self.decoder_base = nn.ParameterList(nn.Parameter(_kernel_init(c, 3)) for c in decoder_channels)
+        with torch.no_grad():
+            for block in (*self.encoder, *self.decoder):
+                block.weight.weight.mul_(0.1)
+                block.weight.bias.mul_(0.1)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         z = self.relu(self.norm(self.first(feature_map)))
@@ -58,7 +72,17 @@ class WeightPredictor(nn.Module):
         for block in self.decoder:
             y, kernel = block(y)
             decoder_kernels.append(kernel)
-        return encoder_kernels[::-1], decoder_kernels
+        encoder_kernels = [k + base for k, base in zip(encoder_kernels[::-1], self.encoder_base)]
+        decoder_kernels = [k + base for k, base in zip(decoder_kernels, self.decoder_base)]
+        return encoder_kernels, decoder_kernels
+
+
+BASE_KERNELS = ("predictor.encoder_base.", "predictor.decoder_base.")
+
+
+def _kernel_init(channels: int, size: int) -> torch.Tensor:
+    """torch's default depthwise-conv init (kaiming uniform, a=√5: U(±1/size))."""
+    return torch.empty(channels, size, size).uniform_(-1.0 / size, 1.0 / size)
 
 
 class ModulatedPointwise(nn.Module):

@@ -11,7 +11,10 @@ from pathlib import Path
 from facekit.checkpoints import load_state_strict, paddle_to_torch
 from facekit.errors import UserError
 from facekit.safe_pickle import load_pdparams
+import torch
+
 from student.config import StudentConfig
+from student.iin import BASE_KERNELS
 from student.model import MobileFaceSwap
 
 
@@ -24,5 +27,9 @@ def import_pdparams(path: str | Path, config: StudentConfig | None = None) -> Mo
             "(expected `MobileFaceSwap_224.pdparams` with EncoderModulation/predictor weights)"
         )
     model = MobileFaceSwap(config or StudentConfig())
-    load_state_strict(model, paddle_to_torch(state, model), str(path))
+    weights = paddle_to_torch(state, model)
+    # The official network has no shared base kernels: zero bases reproduce it exactly.
+    weights.update({name: torch.zeros_like(value) for name, value in model.state_dict().items()
+                    if name.startswith(BASE_KERNELS)})
+    load_state_strict(model, weights, str(path))
     return model.eval()

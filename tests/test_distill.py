@@ -6,7 +6,8 @@ import torch
 
 from facekit.errors import UserError
 from distill.losses import LossWeights, background, mask_loss
-from distill.train import DistillConfig, batch_indices, compute_losses, distill, load_distill_config
+from distill.train import (DistillConfig, batch_indices, compute_losses, distill, load_distill_config,
+                           parameter_groups)
 from distill.losses import ExpertPerceptual
 from student.checkpoint import load_student, save_student
 from student.config import StudentConfig, scaled
@@ -156,3 +157,27 @@ def test_shipped_configs_load(name):
     from pathlib import Path
 
     assert load_distill_config(str(Path(__file__).resolve().parents[1] / "configs" / name)).steps > 0
+
+
+def test_a_fresh_student_learns_to_reproduce_its_input():
+    """Trainability from scratch (what the shared base kernels and the slower kernel predictor are for): on
+    one batch of faces the generated image gets close to the target in 80 steps of the distillation optimizer;
+    without the bases, or with the predictor at the full learning rate, it stays above 0.1."""
+    from facekit import synthetic as world
+
+    torch.manual_seed(0)
+    faces = world.render_batch(world.sample_identities(4, 0), world.sample_attributes(4, 1),
+                               world.sample_contexts(4, 2), 64)["image"]
+    model = MobileFaceSwap(scaled(StudentConfig(resolution=64, identity_dim=32), 0.25))
+    embedding, feature_map = torch.nn.functional.normalize(torch.randn(4, 32), dim=1), torch.randn(4, 32, 7, 7)
+    optimizer = torch.optim.Adam(parameter_groups(model, DistillConfig(lr=2e-3, predictor_lr_scale=0.05, steps=1)))
+    losses = []
+    for _ in range(80):
+        image, _ = model(faces, embedding, feature_map, fuse=False)
+        loss = (image - faces).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.4 * losses[0] and losses[-1] < 0.09, losses[::10]
+

@@ -126,3 +126,4 @@ def test_config_rejects_non_multiple_of_32_and_unknown_keys():
         StudentConfig.from_dict({"colour": 1})
     config = scaled(StudentConfig(resolution=128), 0.5)
     assert StudentConfig.from_dict(config.to_dict()) == config
+
