@@ -12,8 +12,9 @@ examples:
   distilswap quality score --pairs runs/pairs --model runs/quality.safetensors   # writes runs/pairs/scores.json"""
 
 DISTILL_DESCRIPTION = """\
-Distil the MobileFaceSwap student from the teacher's pairs: a·(L1 + perceptual) to the teacher's swap,
-identity loss to the source, weak mask loss on the target's background. Rerun the same command to resume.
+Distil the MobileFaceSwap student from the teacher's pairs: a·(L1 + perceptual) to the teacher's swap (and
+L1 of the generated image before fusion), identity loss to the source, weak mask loss on the target's
+background. Rerun the same command to resume. --judge names a second identity model for the held-out table.
 
 examples:
   distilswap distill --pairs runs/pairs --experts runs/experts --out runs/distill --config configs/distill_synthetic.yaml

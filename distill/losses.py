@@ -33,13 +33,15 @@ VGG_LAYERS = (3, 8, 15, 22)
 @dataclass(frozen=True)
 class LossWeights:
     """The paper does not give these numbers in the text we have (SPEC §3); λ_l1 = λ_perc = 1 keep the
-    teacher-matching terms at the scale of a, and identity/mask weights are ours, tuned on the synthetic world."""
+    teacher-matching terms at the scale of a. Identity, mask and image weights are ours, from the synthetic
+    world: at λ_id = 1 (or 0.3) the identity term wrecks the generated image, at λ_mask = 1 the mask shuts
+    before the face is learned; with λ_image = 0 the mask shuts too (the student copies the target)."""
 
     l1: float = 1.0
     perceptual: float = 1.0
-    identity: float = 1.0
-    mask: float = 1.0
     image: float = 1.0
+    identity: float = 0.1
+    mask: float = 0.1
 
 
 def l1_per_sample(prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
