@@ -90,7 +90,6 @@ def _write_report(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     """Stages are plain command lines so the config shows exactly what a user would type by hand."""
-    import hashlib
     import json
     import time
     from pathlib import Path
@@ -112,7 +111,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     rerun = False
     for number, (name, argv) in enumerate(stages.items(), 1):
         argv = _expand([str(a).format(out=out) for a in argv])
-        key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()
+        key = _stage_key(argv)
         marker = done_dir / f"{name}.json"
         rerun = rerun or name == args.from_stage
         if not rerun and marker.is_file() and json.loads(marker.read_text()).get("key") == key:
@@ -128,6 +127,20 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
         rerun = True  # a stage that ran invalidates the caches of the stages after it
     return 0
+
+
+def _stage_key(argv: list[str]) -> str:
+    """The command line plus the contents of the YAML files it names: editing a config reruns its stage."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    digest = hashlib.sha256(json.dumps(argv).encode())
+    for arg in argv:
+        path = Path(arg)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _version() -> str:

@@ -26,3 +26,40 @@ def test_every_stage_parses_and_names_existing_configs(name, tmp_path):
         for flag, value in zip(argv, argv[1:]):
             if flag == "--config":
                 assert (ROOT / value).is_file(), f"{name}: stage {stage} names missing {value}"
+
+
+
+def test_run_caches_finished_stages_and_reruns_edited_ones(tmp_path, capsys):
+    """`distilswap run`: a rerun skips finished stages; editing a YAML file a stage names, or --from-stage,
+    reruns that stage and the ones after it; a failing stage is one line naming it."""
+    from tests.test_compare import write_run
+
+    run = write_run(tmp_path / "rw", "product", 0.04)
+    settings = tmp_path / "experts.yaml"
+    settings.write_text("seed: 0\n")
+    stages = {
+        "first": ["compare", str(run), "--out", "{out}/first"],
+        "experts": ["experts", "train", "--world", "synthetic", "--preset", "tiny", "--only", "parser",
+                    "--config", str(settings), "--out", "{out}/experts", "--quiet"],
+        "last": ["compare", str(run), "--out", "{out}/last"],
+    }
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    out = tmp_path / "out"
+    args = ["run", "--config", str(pipeline), "--out", str(out)]
+    assert distilswap.main(args) == 0
+    assert (out / "first" / "compare.md").is_file() and (out / "experts" / "parser.safetensors").is_file()
+    capsys.readouterr()
+    assert distilswap.main(args) == 0
+    assert capsys.readouterr().out.count(": cached") == 3
+    settings.write_text("seed: 1\n")
+    assert distilswap.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "first: cached" in printed and "experts: cached" not in printed and "last: cached" not in printed
+    assert distilswap.main([*args, "--from-stage", "last"]) == 0
+    assert capsys.readouterr().out.count(": cached") == 2
+    stages["last"] = ["compare", str(tmp_path / "missing"), "--out", "{out}/last"]
+    pipeline.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    assert distilswap.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distilswap: error:") and "stage last failed" in err and "\n" not in err
