@@ -31,7 +31,7 @@ def test_every_stage_parses_and_names_existing_configs(name, tmp_path):
 
 def test_run_caches_finished_stages_and_reruns_edited_ones(tmp_path, capsys):
     """`distilswap run`: a rerun skips finished stages; editing a YAML file a stage names, or --from-stage,
-    reruns that stage and the ones after it; a failing stage is one line naming it."""
+    reruns that stage and the ones after it; a failing stage says why and which stage, one line each."""
     from tests.test_compare import write_run
 
     run = write_run(tmp_path / "rw", "product", 0.04)
@@ -61,5 +61,6 @@ def test_run_caches_finished_stages_and_reruns_edited_ones(tmp_path, capsys):
     stages["last"] = ["compare", str(tmp_path / "missing"), "--out", "{out}/last"]
     pipeline.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     assert distilswap.main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("distilswap: error:") and "stage last failed" in err and "\n" not in err
+    problem, stage = capsys.readouterr().err.strip().splitlines()  # the stage's own reason, then which stage
+    assert problem.startswith("distilswap: error:") and "no eval.json" in problem
+    assert stage.startswith("distilswap: error: stage last failed")
