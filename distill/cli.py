@@ -171,10 +171,9 @@ def run_distill(args: argparse.Namespace) -> int:
     parser = None if args.no_parser else experts.parser
     judge = None
     if args.judge:
-        from facekit.frozen import freeze
         from facekit.identity import load_embedder
 
-        judge = freeze(load_embedder(args.judge))
+        judge = load_embedder(args.judge)  # frozen, like every expert loader's result
     result = distill(pairs, experts.embedder, parser, config, args.out, scores, source, args.init,
                      args.vgg_weights, args.device, judge=judge, judge_name=args.judge or "")
     if result:

@@ -4,11 +4,11 @@ them so a difference between runs can be read against the gap it could close."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from facekit.errors import UserError
+from facekit.imageio import atomic_write
 
 # (eval.json key, column title, lower is better)
 COLUMNS = (
@@ -86,10 +86,7 @@ def save_chart(rows: dict[str, dict[str, float]], path: str | Path) -> Path:
     figure.legend([plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(names))], names,
                   loc="lower center", ncol=2, fontsize=7)
     figure.tight_layout(rect=(0, 0.08 + 0.03 * (len(names) // 2), 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, figure.savefig)
+    finally:
+        plt.close(figure)

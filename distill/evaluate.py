@@ -65,15 +65,17 @@ def evaluate(student: nn.Module, embedder: nn.Module, pairs: PairList, resolutio
     student.eval()
     device = next(student.parameters()).device
     judge = judge.to(device) if judge is not None else embedder
-    final = max(pairs.fractions.tolist())
+    fractions = pairs.fractions
+    final = fractions.max() - 1e-6  # fractions at or above this are the final snapshot's
     means = _Means()
     for batch in DataLoader(pairs, batch_size=batch_size, shuffle=False):
         source, target, teacher, blend = (resize_to(batch[k].to(device).float(), resolution)
                                           for k in ("source", "target", "swap", "mask"))
-        output, mask = student(target, *embedder(source))
+        z_source, feature_map = embedder(source)
+        output, mask = student(target, z_source, feature_map)
         output = output.float().clamp(0, 1)
-        last = batch["fraction"].float() >= final - 1e-6
-        z_judge = judge(source)[0]
+        last = batch["fraction"].float() >= final
+        z_judge = z_source if judge is embedder else judge(source)[0]
         means.add("student", "l1_vs_teacher", (output - teacher).abs().flatten(1).mean(1))
         means.add("student", "mask_iou_teacher", mask_iou(mask.float(), blend))
         images = {"student": output, "teacher": teacher}
@@ -87,15 +89,15 @@ def evaluate(student: nn.Module, embedder: nn.Module, pairs: PairList, resolutio
                 means.add("teacher, final snapshot", "id_sim_source", similarity, last)
         if pairs.has_truth:
             face = blend[:, 0] > 0.5  # the teacher's blend mask: the target's face, the region a swap changes
+            truth = images["ground truth"]
             for row in ("student", "teacher", "target (no swap)"):
-                truth = images["ground truth"]
                 means.add(row, "truth_l1", (images[row] - truth).abs().flatten(1).mean(1))
                 for key, value in swap_metrics(images[row], truth, source, target, face).items():
                     means.add(row, f"truth_{key}", torch.full((source.shape[0],), value))
     rows = means.rows()
     result: dict[str, Any] = {row: rows[row] for row in ROWS if row in rows}
     result.update(pairs=len(pairs), identities=len(set(pairs.identities)),
-                  final_snapshot_pairs=int((pairs.fractions >= final - 1e-6).sum()),
+                  final_snapshot_pairs=int((fractions >= final).sum()),
                   identity_judge=judge_name or "the training embedder (flatters the student: it was trained against it)")
     return result
 

@@ -9,14 +9,13 @@ Scores are written next to the pairs in their own file keyed by pair id: the sha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from facekit.errors import UserError
+from facekit.imageio import atomic_write, atomic_write_text
 
 COMBINATIONS = ("product", "identity", "quality", "off")
 SCORES_FORMAT = "distilswap-scores/1"
@@ -66,16 +65,7 @@ def write_scores(path: str | Path, pair_ids: Sequence[str], columns: Mapping[str
             raise ValueError(f"column {name} has {len(values)} values for {len(pair_ids)} pairs")
     scores = {pid: {name: float(values[i]) for name, values in columns.items()} for i, pid in enumerate(pair_ids)}
     payload = {"format": SCORES_FORMAT, "meta": dict(meta), "scores": scores}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def read_scores(path: str | Path) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
@@ -119,8 +109,6 @@ def save_histogram(values: torch.Tensor, path: str | Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=100)
     axis.hist(values.numpy(), bins=min(40, max(5, len(values) // 4)), color="#4477aa")
     axis.axvline(1.0, color="k", lw=0.8, ls="--")
@@ -128,8 +116,7 @@ def save_histogram(values: torch.Tensor, path: str | Path, title: str) -> Path:
     axis.set_ylabel("pairs")
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, figure.savefig)
+    finally:
+        plt.close(figure)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,12 +20,14 @@ from torch.utils.data import default_collate
 
 from facekit.arcface import resize_to
 from facekit.errors import UserError
+from facekit.imageio import atomic_write
 from facekit.training import EMA, setup_distributed
 from distill.data import PairList, split_by_identity
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
 from student.config import StudentConfig, scaled
 from student.idn import fuse_with_target
+from student.iin import BASE_KERNELS
 from student.model import MobileFaceSwap
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def build_student(config: DistillConfig, pair_resolution: int, identity_dim: int
 
 def parameter_groups(student: MobileFaceSwap, config: DistillConfig) -> list[dict[str, Any]]:
     """The kernel predictor's convs at lr × predictor_lr_scale, everything else (its base kernels too) at lr."""
-    slow = [p for name, p in student.named_parameters() if name.startswith("predictor.") and "_base." not in name]
+    slow = [p for name, p in student.named_parameters()
+            if name.startswith("predictor.") and not name.startswith(BASE_KERNELS)]
     slow_ids = {id(p) for p in slow}
     rest = [p for p in student.parameters() if id(p) not in slow_ids]
     return [{"params": rest, "lr": config.lr}, {"params": slow, "lr": config.lr * config.predictor_lr_scale}]
@@ -296,11 +297,8 @@ def save_grid(student: nn.Module, embedder: nn.Module, batch: Mapping[str, Any],
     source, target, teacher = (resize_to(batch[k], resolution) for k in ("source", "target", "swap"))
     output, mask = student(target, *embedder(source))
     tiles = torch.stack([source, target, teacher, output.float().clamp(0, 1), mask.float().expand_as(output)], dim=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(make_grid(tiles.flatten(0, 1).cpu(), nrow=5, padding=2), tmp)
-    os.replace(tmp, path)
-    return path
+    grid = make_grid(tiles.flatten(0, 1).cpu(), nrow=5, padding=2)
+    return atomic_write(path, lambda temp: save_image(grid, temp))
 
 
 def _writer(run_dir: Path):
@@ -324,17 +322,7 @@ def _save_checkpoint(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CHECKPOINT}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(run_dir / CHECKPOINT, lambda temp: torch.save(state, temp))
 
 
 # What may differ between the run that wrote a checkpoint and the one resuming it (the rest changes results).

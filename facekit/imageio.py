@@ -75,6 +75,10 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
 def write_image(path: str | Path, array: np.ndarray, quality: int = 95) -> Path:
     """Write uint8 (or float [0,1]) RGB/gray pixels; the format follows the suffix (PNG is lossless)."""
     path = Path(path)

@@ -29,7 +29,7 @@ from torch import nn
 
 from facekit import synthetic
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.imageio import atomic_write, atomic_write_text
 
 EXPERTS = ("embedder", "parser", "gaze")
 VERSION = 1  # bump when training code changes what a config produces
@@ -436,7 +436,7 @@ def _train_one(out: Path, expert: str, config: ExpertsConfig, progress: bool) ->
         "parameters": sum(p.numel() for p in task.model.parameters()),
     }
     _save_tensors(out / f"{expert}.safetensors", task.model.state_dict())
-    _atomic_write(out / f"{expert}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / f"{expert}.json", json.dumps(record, indent=2) + "\n")
     for partial in (out / f"{expert}.partial.safetensors", out / f"{expert}.partial.json"):
         partial.unlink(missing_ok=True)
     return record
@@ -471,7 +471,7 @@ def _save_partial(out, expert, config, modules, optimizer, schedule, step: int, 
     _save_tensors(out / f"{expert}.partial.safetensors", tensors)
     meta = {"config": _jsonable(_section(expert, config)), "step": step, "seconds": seconds,
             "param_groups": optim["param_groups"], "schedule": schedule.state_dict()}
-    _atomic_write(out / f"{expert}.partial.json", json.dumps(meta) + "\n")
+    atomic_write_text(out / f"{expert}.partial.json", json.dumps(meta) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -483,10 +483,6 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
     state = {k: v.detach().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda temp: save_file(state, str(temp)))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write(path, lambda temp: temp.write_text(text))
 
 
 SCORE_NAMES = {"verification_accuracy": "verification accuracy", "miou": "mIoU",
@@ -506,9 +502,9 @@ def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
     """results.json and results.md over every expert in the directory (not only the ones just trained)."""
     everything = {e: json.loads((out / f"{e}.json").read_text()) for e in EXPERTS if (out / f"{e}.json").exists()}
     everything.update(results)
-    _atomic_write(out / "results.json", json.dumps({e: {"scores": r["scores"], "train_seconds": r["train_seconds"]}
+    atomic_write_text(out / "results.json", json.dumps({e: {"scores": r["scores"], "train_seconds": r["train_seconds"]}
                                                     for e, r in everything.items()}, indent=2) + "\n")
-    _atomic_write(out / "results.md", "# Small experts on the synthetic world\n\n" + results_table(everything) + "\n")
+    atomic_write_text(out / "results.md", "# Small experts on the synthetic world\n\n" + results_table(everything) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from PIL import Image
 
 from facekit import synthetic
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.imageio import atomic_write, atomic_write_text
 
 FORMAT = "distilswap-faces/1"
 CHUNK = 64
@@ -103,8 +103,8 @@ def write_dataset(root: str | Path, config: WorldConfig, progress: bool = True) 
         records.extend(_write_chunk(root, config, indices, test_ids))
         bar.update(len(indices))
     bar.close()
-    _atomic_write(root / "meta.jsonl", "".join(records).encode())
-    _atomic_write(root / "dataset.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_text(root / "meta.jsonl", "".join(records))
+    atomic_write_text(root / "dataset.json", json.dumps(manifest, indent=2) + "\n")
     return root
 
 
@@ -164,10 +164,6 @@ def _round(values: torch.Tensor) -> list:
 def _write_png(path: Path, array: np.ndarray) -> None:
     # compress_level 1: 3x faster than the default 6
     atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG", compress_level=1))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def contact_sheet(sources: int = 4, targets: int = 6, size: int = 128, seed: int = 0, gap: int = 4) -> torch.Tensor:

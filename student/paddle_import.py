@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from facekit.checkpoints import load_state_strict, paddle_to_torch
 from facekit.errors import UserError
 from facekit.safe_pickle import load_pdparams
-import torch
-
 from student.config import StudentConfig
 from student.iin import BASE_KERNELS
 from student.model import MobileFaceSwap
