@@ -38,8 +38,9 @@ class WeightPredictor(nn.Module):
     official layout's (importing official weights sets them to 0, which is exactly the official network):
     without them every tap of every kernel, down to the first layer's, has to come out of five stacked
     conv-BN blocks fed by the identity map, and from scratch the network cannot even learn to copy its
-    input (measured: L1 stuck at 0.15 on one batch, 0.06 with bases, 150 steps). The deviations start small
-    (weight convs ×0.1) so the bases shape the network first.
+    input (measured on one batch of 64² faces, 100 Adam steps at lr 2e-3 with the predictor at 0.05x: L1 0.105
+    without bases, 0.06 with them; see tests/test_distill.py). The deviations start small (weight convs ×0.1)
+    so the bases shape the network first.
     """
 
     def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int], dim: int = 512):
