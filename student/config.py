@@ -48,6 +48,12 @@ class StudentConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+# The final head narrows the first level's width to a quarter before its RGB convs (official layout: 32 -> 8 -> 3).
+# A quarter-width student would squeeze every pixel through 2 channels there: backgrounds came out 35x worse
+# (L1 0.029 vs 0.0008 after 600 distill steps at 64²). Narrow students keep 16 at the first level (-> 4).
+FIRST_LEVEL_MIN = 16
+
+
 def scaled(config: StudentConfig, width: float) -> StudentConfig:
     """A narrower (or wider) network with the same structure; the identity dimension is unchanged."""
     if width <= 0:
@@ -55,6 +61,7 @@ def scaled(config: StudentConfig, width: float) -> StudentConfig:
     if width == 1.0:
         return config
     grow = lambda channels: tuple(max(2, round(c * width)) for c in channels)  # noqa: E731
-    encoder = (3, *grow(config.encoder_channels[1:]))
+    first, *rest = grow(config.encoder_channels[1:])
+    encoder = (3, max(first, min(FIRST_LEVEL_MIN, config.encoder_channels[1])), *rest)
     mask = (encoder[-1], *grow(config.mask_channels[1:-1]), config.mask_channels[-1])
     return dataclasses.replace(config, encoder_channels=encoder, mask_channels=mask)

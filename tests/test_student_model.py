@@ -127,3 +127,13 @@ def test_config_rejects_non_multiple_of_32_and_unknown_keys():
     config = scaled(StudentConfig(resolution=128), 0.5)
     assert StudentConfig.from_dict(config.to_dict()) == config
 
+
+
+@pytest.mark.parametrize("width", [0.125, 0.25, 0.5])
+def test_narrow_students_keep_enough_channels_for_rgb_in_the_final_head(width):
+    """The final head narrows the first level to a quarter before its RGB convs: 2 channels there cannot carry
+    a colour image (a quarter-width student lost its backgrounds that way)."""
+    model = MobileFaceSwap(scaled(StudentConfig(resolution=64), width))
+    head_width = model.final[1].out_channels
+    assert head_width >= 3
+    assert model.config.encoder_channels[2] == max(2, round(64 * width))  # only the first level is held up
