@@ -81,9 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     compare = subparsers.add_parser(
         "compare", help="distillation runs' held-out tables side by side (e.g. the reweighting ablation)",
-        description="Put finished `distilswap distill` runs (same pairs, same --judge) side by side with the "
-                    "teacher, the do-nothing floor (the target) and the ceiling (ground truth): compare.md + "
-                    "compare.png.\n\nexample:\n  distilswap compare runs/rw_product runs/rw_off --out runs/ablation",
+        description="Put finished `distilswap distill` runs (same --judge) side by side with the teacher, the "
+                    "do-nothing floor (the target) and the ceiling (ground truth): compare.md + compare.png.\n"
+                    "Runs of several seeds hold out different identities: they are grouped by held-out set, and "
+                    "each setting gets mean ± sd over the sets and the number of sets where it was best.\n\n"
+                    "examples:\n  distilswap compare runs/rw_product runs/rw_off --out runs/ablation\n"
+                    "  distilswap compare runs/rw_*_s0 runs/rw_*_s1 runs/rw_*_s2 --out runs/ablation_3seeds",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("runs", nargs="+", help="distill run directories (each with eval.json)")
     compare.add_argument("--out", help="directory for compare.md and compare.png (default: print only)")
@@ -185,14 +188,15 @@ def run_distill(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from distill.compare import compare_rows, format_markdown, save_chart
+    from distill.compare import read_runs, report, save_chart, series
+    from facekit.imageio import atomic_write_text
 
-    rows, judge = compare_rows(args.runs)
-    table = format_markdown(rows, judge)
+    splits = read_runs(args.runs)
+    table = report(splits)
     print(table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(table)
-        print(f"chart: {save_chart(rows, out / 'compare.png')}")
+        atomic_write_text(out / "compare.md", table)
+        print(f"chart: {save_chart(series(splits), out / 'compare.png')}")
     return 0

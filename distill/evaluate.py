@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from facekit.arcface import resize_to
+from facekit.imageio import atomic_write_text
 from distill.data import PairList
 
 ROWS = ("student", "teacher", "teacher, final snapshot", "target (no swap)", "ground truth")
@@ -96,7 +97,7 @@ def evaluate(student: nn.Module, embedder: nn.Module, pairs: PairList, resolutio
                     means.add(row, f"truth_{key}", torch.full((source.shape[0],), value))
     rows = means.rows()
     result: dict[str, Any] = {row: rows[row] for row in ROWS if row in rows}
-    result.update(pairs=len(pairs), identities=len(set(pairs.identities)),
+    result.update(pairs=len(pairs), identities=len(set(pairs.identities)), held_out=pairs.fingerprint,
                   final_snapshot_pairs=int((fractions >= final).sum()),
                   identity_judge=judge_name or "the training embedder (flatters the student: it was trained against it)")
     return result
@@ -119,5 +120,5 @@ def format_table(result: dict[str, Any]) -> str:
 def write_table(result: dict[str, Any], run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     clean = json.loads(json.dumps(result, default=float).replace("NaN", "null"))
-    (run_dir / "eval.json").write_text(json.dumps(clean, indent=1))
-    (run_dir / "eval.md").write_text(format_table(result) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(clean, indent=1))
+    atomic_write_text(run_dir / "eval.md", format_table(result) + "\n")

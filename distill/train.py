@@ -266,8 +266,8 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
     save_student(ema.model, run_dir / "student.safetensors",
                  extra={"steps": str(step), "reweight": config.reweight, "perceptual": perceptual_kind})
     result = evaluate(ema.model, embedder, val, resolution, config.eval_batch_size, judge, judge_name)
-    result["run"] = {"steps": step, "reweight": config.reweight, "perceptual": perceptual_kind,
-                     "train_pairs": len(train), "val_pairs": len(val)}
+    result["run"] = {"steps": step, "reweight": config.reweight, "seed": config.seed, "perceptual": perceptual_kind,
+                     "train_pairs": len(train), "val_pairs": len(val), "config": config.to_dict()}
     write_table(result, run_dir)
     return result
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from facekit.errors import UserError
-from distill.losses import LossWeights, background, mask_loss
+from distill.data import split_by_identity
+from distill.losses import ExpertPerceptual, LossWeights, background, mask_loss
 from distill.train import (DistillConfig, batch_indices, compute_losses, distill, load_distill_config,
                            parameter_groups)
-from distill.losses import ExpertPerceptual
 from student.checkpoint import load_student, save_student
 from student.config import StudentConfig, scaled
 from student.model import MobileFaceSwap
@@ -73,6 +73,10 @@ def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
         assert key in table["student"]
     assert {"id_sim_source", "truth_l1"} <= set(table["teacher"])
     assert table["pairs"] == result["run"]["val_pairs"] > 0
+    # what `distilswap compare` groups and names runs by: the held-out set and the settings
+    held_out = pairs.subset(split_by_identity(pairs.identities, config.val_fraction, config.seed)[1])
+    assert table["held_out"] == held_out.fingerprint
+    assert table["run"]["config"] == config.to_dict() and table["run"]["seed"] == config.seed
     assert (tmp_path / "eval.md").read_text().count("| student |") == 1
     assert (tmp_path / "samples" / "step_0000002.png").read_bytes()[:4] == b"\x89PNG"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
