@@ -8,7 +8,7 @@ from facekit.errors import UserError
 from distill.data import split_by_identity
 from distill.losses import ExpertPerceptual, LossWeights, background, mask_loss
 from distill.train import (DistillConfig, batch_indices, compute_losses, distill, load_distill_config,
-                           parameter_groups)
+                           parameter_groups, recalibrate_batchnorm)
 from student.checkpoint import load_student, save_student
 from student.config import StudentConfig, scaled
 from student.model import MobileFaceSwap
@@ -51,6 +51,33 @@ def test_weighted_terms_follow_a(pairs, embedder):
     assert torch.equal(keep, (batch["mask"] < 0.5).float())
     assert mask_loss(torch.ones_like(keep), keep).tolist() == pytest.approx([1.0] * 4)
     assert mask_loss(1 - keep, keep).tolist() == pytest.approx([0.0] * 4)
+
+
+def test_the_evaluated_student_gets_batchnorm_statistics_of_its_own_weights(pairs, embedder):
+    """The EMA carries the live model's BatchNorm statistics, which do not fit the averaged weights (it shut the
+    fusion mask of evaluated students). Recalibrated on a batch, eval mode on that batch matches train mode."""
+    from torch.utils.data import default_collate
+
+    student = tiny_student()
+    config = DistillConfig(**{**TINY, "batch_size": len(pairs)})
+    batch = default_collate([pairs[i] for i in batch_indices(len(pairs), len(pairs), config.seed, 0)])
+    identity = embedder(batch["source"])
+
+    def eval_vs_train_gap() -> float:
+        with torch.no_grad():
+            evaluated = torch.cat(student.eval()(batch["target"], *identity), dim=1)
+            trained = torch.cat(student.train()(batch["target"], *identity), dim=1)
+        return (evaluated - trained).abs().mean().item()
+
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:  # statistics of some other weights
+        norm.running_mean.fill_(3.0)
+        norm.running_var.fill_(0.01)
+    mismatched = eval_vs_train_gap()
+    assert recalibrate_batchnorm(student, embedder, pairs, config, 32, torch.device("cpu")) is student
+    assert not student.training and all(norm.momentum == 0.1 for norm in norms)
+    # left: BatchNorm's unbiased running variance (n/(n−1) on small maps of 12 samples)
+    assert eval_vs_train_gap() < min(0.01, mismatched / 10)
 
 
 def test_ranks_draw_disjoint_batches():
