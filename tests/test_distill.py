@@ -137,6 +137,11 @@ def test_resume_continues_exactly(pairs, embedder, tmp_path):
     straight = DistillConfig(steps=2, reweight="off", **tiny)
     distill(pairs, embedder, None, straight, tmp_path / "a", progress=False)
     distill(pairs, embedder, None, DistillConfig(steps=1, reweight="off", **tiny), tmp_path / "b", progress=False)
+    # as an older version wrote it: without settings added since (they resume at their defaults)
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    old = json.loads(state["config"])
+    del old["predictor_lr_scale"], old["weights"]["image"]
+    torch.save({**state, "config": json.dumps(old)}, tmp_path / "b" / "checkpoint.pt")
     distill(pairs, embedder, None, straight, tmp_path / "b", progress=False)  # same command, longer: resumes
     state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
