@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", help="output directory to create")
     export.add_argument("--formats", default="onnx,ort,coreml", help="comma list of onnx, ort, int8, coreml (default onnx,ort,coreml)")
     export.add_argument("--name", help="identity name used in file names and metadata (default: the source's file stem)")
+    export.add_argument("--require", default="", metavar="FORMATS",
+                        help="comma list of formats whose accuracy bound is fatal (e.g. int8); by default an int8 "
+                        "file that misses its bound is left out, with its error and bound in the manifest")
     export.add_argument("--calibration", help="folder of real face crops to calibrate int8 on (needed for int8)")
     export.add_argument("--resolution", type=int, help="input size of the phone graphs (default: the checkpoint's)")
     export.add_argument("--force", action="store_true", help="replace an existing --out (after the new export verifies)")
@@ -87,7 +90,7 @@ def _export(args: argparse.Namespace) -> int:
 
     result = export_artifacts(
         args.checkpoint, args.source, args.out, parse_formats(args.formats), args.name, args.force, args.calibration,
-        args.resolution, args.embedder, args.detector_models,
+        args.resolution, args.embedder, args.detector_models, parse_formats(args.require) if args.require else (),
     )
     print(result.table())
     print(f"verified and wrote {args.out}")

@@ -31,11 +31,19 @@ class Check:
     bound: float | None = None
     note: str = ""
 
+    def describe(self) -> str:
+        """One line: what was checked, the measured value and its bound."""
+        text = f"{self.artifact}: {self.check}"
+        if self.value is not None:
+            text += f" {self.value:.4g}" + (f" > bound {self.bound:.4g}" if self.bound is not None and not self.ok else "")
+        return text + (f" ({self.note})" if self.note else "")
+
 
 @dataclass
 class Verification:
     directory: str
     checks: list[Check] = field(default_factory=list)
+    skipped: dict[str, dict] = field(default_factory=dict)  # artifacts dropped for a missed bound, with the reason
 
     @property
     def ok(self) -> bool:
@@ -53,7 +61,8 @@ class Verification:
         self.add(artifact, check, bound is None or value <= bound, value, bound, note)
 
     def to_json(self) -> dict:
-        return {"directory": self.directory, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"directory": self.directory, "ok": self.ok, "checks": [asdict(c) for c in self.checks],
+                "skipped": self.skipped}
 
     def table(self) -> str:
         rows = []
@@ -61,6 +70,7 @@ class Verification:
             value = "" if c.value is None else f"{c.value:.3g}"
             bound = "" if c.bound is None else f"≤ {c.bound:.3g}"
             rows.append(f"{'ok  ' if c.ok else 'FAIL'} {c.artifact:<34} {c.check:<34} {value:>10} {bound:>10} {c.note}")
+        rows += [f"SKIP {name:<34} {entry['reason']}" for name, entry in self.skipped.items()]
         return "\n".join(rows)
 
 
@@ -75,6 +85,7 @@ def verify_export(directory: str | Path) -> Verification:
     except (OSError, ValueError) as err:  # missing, truncated or hand-edited bookkeeping files
         raise UserError(f"{directory}: not a readable export ({type(err).__name__}: {err}); re-run `distilswap export`") from None
     resolution = int(manifest["resolution"])
+    result.skipped = manifest.get("skipped", {})
     for name, entry in manifest["artifacts"].items():
         path = directory / name
         if not path.exists():

@@ -243,3 +243,54 @@ def test_mac_check_script_compares_core_ml_outputs_with_the_reference(world, mon
     monkeypatch.setitem(sys.modules, "coremltools", fake_model(0.1))
     assert mac_check.check_directory(world["out"]) == 1
     assert "FAIL swapper_alice.mlpackage" in capsys.readouterr().out
+
+
+def test_an_int8_file_that_misses_its_bound_is_left_out_unless_required(world, tmp_path, monkeypatch, capsys):
+    root = world["root"]
+    monkeypatch.setattr(artifacts, "INT8_BOUND", 0.0)  # any real quantization misses a zero bound
+    args = (root / "student.safetensors", root / "alice.npz")
+    with pytest.raises(UserError, match=r"int8 mean abs error \(crops\) [0-9.e-]+ > bound 0"):
+        export_artifacts(*args, tmp_path / "strict", ("onnx", "int8"), calibration=root / "crops", require=("int8",))
+    assert not (tmp_path / "strict").exists()
+    result = export_artifacts(*args, tmp_path / "lenient", ("onnx", "int8"), calibration=root / "crops")
+    assert result.ok
+    assert "int8 skipped" in capsys.readouterr().err
+    out = tmp_path / "lenient"
+    assert not (out / "swapper_alice_int8.onnx").exists() and (out / "swapper_alice.onnx").exists()
+    skipped = json.loads((out / "manifest.json").read_text())["skipped"]["swapper_alice_int8.onnx"]
+    assert skipped["bound"] == 0.0 and skipped["value"] > 0 and "> bound 0" in skipped["reason"]
+    assert verify.verify_export(out).ok  # the directory re-verifies as written
+    assert "swapper_alice_int8" not in (out / "README.md").read_text()
+
+
+def _digest(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_replaces_only_an_earlier_export_never_the_inputs(world, tmp_path, capsys):
+    import distilswap
+
+    root = world["root"]
+    holder = tmp_path / "d"  # the case: the inputs live in the folder --out names
+    holder.mkdir()
+    shutil.copy(root / "student.safetensors", holder)
+    shutil.copy(root / "alice.npz", holder)
+    home = tmp_path / "home"  # a folder of the user's that is no export
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    cases = [
+        (["--checkpoint", str(holder / "student.safetensors"), "--source", str(holder / "alice.npz"), "--out", str(holder)],
+         "not an earlier export"),
+        (["--checkpoint", str(root / "student.safetensors"), "--source", str(root / "alice.npz"), "--out", str(home)],
+         "not an earlier export"),
+    ]
+    shutil.copytree(world["out"], tmp_path / "old_export")
+    shutil.copy(root / "alice.npz", tmp_path / "old_export" / "input.npz")
+    cases.append((["--checkpoint", str(root / "student.safetensors"), "--source", str(tmp_path / "old_export" / "input.npz"),
+                   "--out", str(tmp_path / "old_export")], "holds this export's input"))
+    for argv, message in cases:
+        before = _digest(tmp_path)
+        assert distilswap.main(["export", *argv, "--formats", "onnx", "--force"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("distilswap: error:") and message in err and "\n" not in err, err
+        assert _digest(tmp_path) == before
