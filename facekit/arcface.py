@@ -103,7 +103,11 @@ class IRSEArcFace(nn.Module):
         self.bn3 = nn.BatchNorm1d(embedding_dim)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = imagenet_normalize(resize_to(images, self.input_size))
+        return self.features(imagenet_normalize(resize_to(images, self.input_size)))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network alone, on an input already resized and normalised (samplers that reproduce another
+        code base's preprocessing call this)."""
         x = self.maxpool(self.prelu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         feature_map = self.bn2(x)

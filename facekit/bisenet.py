@@ -162,9 +162,12 @@ class BiSeNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = images.shape[-2:]
-        x = imagenet_normalize(resize_to(images, self.input_size))
-        feat8, context8, _ = self.cp(x)
-        logits = self.conv_out(self.ffm(feat8, context8))
+        logits = self.stride8_logits(imagenet_normalize(resize_to(images, self.input_size)))
         # Upstream upsamples the stride-8 logits to the parser's input with align_corners=True; we go
         # straight to the caller's size (the same op when the caller's size is input_size).
         return F.interpolate(logits, size, mode="bilinear", align_corners=True)
+
+    def stride8_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network alone, on an input already resized and normalised: logits at 1/8 of its size."""
+        feat8, context8, _ = self.cp(x)
+        return self.conv_out(self.ffm(feat8, context8))

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from facekit.errors import UserError
-
-GazeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images [0,1], landmarks) -> (pitch, yaw) [B,2]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -32,40 +29,31 @@ def to_model(images: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Experts:
     """embedder: images → (L2-normalised embedding [B,512], feature map); parser: images → 19-class logits;
-    gaze: (images, landmarks) → gaze [B,2]. parser and gaze are optional (their guidance is then off)."""
+    gaze: EyeNet, grayscale 96×160 eye crops → (landmarks, (pitch, yaw)). parser and gaze are optional
+    (their guidance is then off)."""
 
     embedder: nn.Module
     parser: nn.Module | None = None
-    gaze: GazeFn | None = None
+    gaze: nn.Module | None = None
 
     def identity(self, x: torch.Tensor) -> torch.Tensor:
         """Identity embedding of diffusion-space images."""
         return self.embedder(to_unit(x))[0]
 
     def parse(self, x: torch.Tensor) -> torch.Tensor:
+        return self.require_parser()(to_unit(x))
+
+    def require_parser(self) -> nn.Module:
         if self.parser is None:
             raise UserError("semantic guidance / blending mask need a face parser: pass --parser FILE "
                             "(BiSeNet FaceParser.pth) or --experts DIR, or set the semantic weight to 0")
-        return self.parser(to_unit(x))
+        return self.parser
 
-    def gaze_of(self, x: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    def require_gaze(self) -> nn.Module:
         if self.gaze is None:
             raise UserError("gaze guidance needs an eye-gaze expert: pass --gaze-model FILE (GazeEstimator.pt) "
                             "or --experts DIR, or set the gaze weight to 0")
-        return self.gaze(to_unit(x), landmarks)
-
-
-def eyenet_gaze_fn(eyenet: nn.Module) -> GazeFn:
-    """Gaze of a face image as the mean (pitch, yaw) of its two eye crops (facekit's crop geometry;
-    `crop_eyes` stacks all left eyes, then all right eyes)."""
-    from facekit.eyenet import crop_eyes
-
-    def gaze(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        crops = crop_eyes(images, landmarks)
-        out = eyenet(crops)[1]
-        return out.reshape(2, images.shape[0], 2).mean(dim=0)
-
-    return gaze
+        return self.gaze
 
 
 def load_experts(experts_dir: str | None = None, arcface: str | None = None, parser: str | None = None,
@@ -74,14 +62,13 @@ def load_experts(experts_dir: str | None = None, arcface: str | None = None, par
     official weight files one by one (which override the directory's)."""
     from facekit.frozen import freeze
 
-    embedder = parser_model = gaze_fn = None
+    embedder = parser_model = gaze_model = None
     if experts_dir:
         if not Path(experts_dir).is_dir():
             raise UserError(f"experts directory {experts_dir} not found: train them with `distilswap experts train`")
         from facekit.small_experts import load_small_experts
 
         embedder, parser_model, gaze_model = load_small_experts(experts_dir)
-        gaze_fn = eyenet_gaze_fn(freeze(gaze_model)) if gaze_model is not None else None
     if arcface:
         from facekit.checkpoints import load_arcface
 
@@ -93,8 +80,8 @@ def load_experts(experts_dir: str | None = None, arcface: str | None = None, par
     if gaze:
         from facekit.checkpoints import load_eyenet
 
-        gaze_fn = eyenet_gaze_fn(freeze(load_eyenet(gaze)))
+        gaze_model = load_eyenet(gaze)
     if embedder is None:
         raise UserError("the teacher needs an identity embedder: pass --experts DIR or --arcface FILE (Arcface.tar)")
-    return Experts(freeze(embedder), freeze(parser_model) if parser_model is not None else None, gaze_fn)
+    return Experts(*(freeze(m) if m is not None else None for m in (embedder, parser_model, gaze_model)))
 

@@ -3,12 +3,31 @@
 Per step ONE UNet forward with x_t requiring grad gives eps and the variance; the guidance energy G of
 x_in = √(1−ᾱ_t)·x̂0 + (1−√(1−ᾱ_t))·x_t is differentiated through that same forward, and the same eps and
 variance build the shifted mean μ' = μ − Σ·∇G (DDPM) or the corrected eps' = eps + √(1−ᾱ_t)·∇G (DDIM).
-The official code runs the UNet twice per step and one pair at a time; the result is the same.
+The official code runs the UNet twice per step (the second time at its cond_fn's timestep, which round-trips
+to the same t for every respacing of 1000 steps into 10…500) and one pair at a time; the result is the same.
 
 Blending: M is the hard mask of the kept classes on the target; at the step t → t−1 (T steps in all)
-M_t = min(1, (T − t)/T̂)·M and x_{t−1} ← x̂_{t−1}·M_t + q(x_targ at t−1)·(1 − M_t); the output is the hard
-composite x_targ·(1−M) + x_0·M. The official code noises the target to t (one step too noisy for x_{t−1})
-and its DDIM path does not blend; both samplers blend here.
+M_t = min(1, (T − t − delay)/T̂)·M and x_{t−1} ← x̂_{t−1}·M_t + q(x_targ at t or t−1)·(1 − M_t); the output
+is the hard composite x_targ·(1−M) + x_final·M.
+
+`SwapConfig`'s defaults are the behaviour we believe is right; the `official` preset switches every one
+of them to what hxngiee/DiffFace does (tests/test_official_sampler.py re-derives its step). Gaze is always
+the original's sum of a per-eye L1 (an average of the two eyes, as this project had it, let opposite errors
+cancel).
+
+| option | ours (default) | official | why ours |
+|---|---|---|---|
+| clip_denoised | True | False | the posterior mean of an out-of-range x̂0 pushes x_t off the data range |
+| embedder_resize | antialias | nearest | nearest aliases 256→112; the teacher is trained on antialiased embeddings |
+| embedder_mask | False | True | the mask hides the swap's own face shape from the identity loss |
+| parser_normalization | single | double | the parser was trained on ImageNet normalisation only |
+| parser_resize | antialias | official | one resize of the logits instead of two |
+| sem_reduction | mean | sum | λ_sem then means the same whatever the number of kept classes |
+| gaze_crop | subpixel | integer | differentiable in the eye box and exact at any image size |
+| blend_noise | t-1 | t | x_{t−1} is blended with the target at its own noise level (clean at the end) |
+| mask_ramp_delay | 0 | 1 | the ramp reaches M at T̂ steps, not T̂+1 |
+| final | sample | pred_xstart | the last guided sample rather than the last unguided x̂0 |
+| ddim_blend | True | False | DDIM keeps the background too |
 """
 from __future__ import annotations
 
@@ -28,9 +47,22 @@ from .experts import Experts
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
+CHOICES = {
+    "sampler": ("ddpm", "ddim"),
+    "embedder_resize": ("antialias", "nearest"),
+    "parser_normalization": ("single", "double"),
+    "parser_resize": ("antialias", "official"),
+    "sem_reduction": ("mean", "sum"),
+    "gaze_crop": ("subpixel", "integer"),
+    "blend_noise": ("t-1", "t"),
+    "final": ("sample", "pred_xstart"),
+}
+
+
 @dataclass
 class SwapConfig:
-    """Sampling knobs; the presets (teacher/presets/swap_*.yaml) are the paper's and the official code's."""
+    """Sampling knobs; the presets (teacher/presets/swap_*.yaml) are the paper's and the official code's.
+    The behaviour switches default to ours; the module docstring lists the original's value of each."""
 
     respacing: int = 100  # sampling steps of the respaced process
     skip: int = 25  # first steps skipped: start from the target noised to step respacing−skip
@@ -45,6 +77,17 @@ class SwapConfig:
     mask_ramp: int = 45  # T̂
     schedule: str = "linear"
     diffusion_steps: int = 1000
+    clip_denoised: bool = True
+    embedder_resize: str = "antialias"
+    embedder_mask: bool = False
+    parser_normalization: str = "single"
+    parser_resize: str = "antialias"
+    sem_reduction: str = "mean"
+    gaze_crop: str = "subpixel"
+    blend_noise: str = "t-1"
+    mask_ramp_delay: int = 0
+    final: str = "sample"
+    ddim_blend: bool = True
 
     def diffusion(self, learn_sigma: bool = True) -> GaussianDiffusion:
         return GaussianDiffusion.create(self.schedule, self.diffusion_steps, self.respacing, learn_sigma)
@@ -71,11 +114,15 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
         raise UserError(f"{path}: unknown sampling settings {sorted(unknown)}; known: {sorted(known)}")
     if "gaze_window" in data:
         data["gaze_window"] = tuple(data["gaze_window"])
-    config = SwapConfig(**data)
+    try:
+        config = SwapConfig(**data)
+    except TypeError as err:
+        raise UserError(f"{path}: {err}") from None
     if not 0 <= config.skip < config.respacing:
         raise UserError(f"skip must be in [0, respacing): got skip={config.skip}, respacing={config.respacing}")
-    if config.sampler not in ("ddpm", "ddim"):
-        raise UserError(f"sampler must be 'ddpm' or 'ddim', got {config.sampler!r}")
+    for name, choices in CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     return config
 
 
@@ -86,6 +133,69 @@ class SwapResult:
     valid: torch.Tensor  # [B] bool: False where sampling produced NaN/inf (drop that pair)
 
 
+@dataclass
+class Guide:
+    """What guidance needs of a batch of pairs, computed once before the first step."""
+
+    source_embedding: torch.Tensor  # UNet condition and identity reference
+    target: torch.Tensor
+    mask: torch.Tensor  # [B,1,H,W] kept-classes mask of the target
+    target_logits: torch.Tensor | None
+    landmarks: torch.Tensor | None
+    target_gaze: torch.Tensor | None  # [B,2 eyes,2]
+
+
+def prepare_guide(experts: Experts, source: torch.Tensor, target: torch.Tensor, config: SwapConfig,
+                  landmarks: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Guide:
+    with torch.no_grad():
+        embedding = guidance.source_embedding(experts, source, config)
+        logits = guidance.parser_logits(experts, target, config) if (config.sem_weight or mask is None) else None
+        if mask is None:
+            mask = class_mask(logits, KEPT_CLASSES)
+        gaze = None
+        if config.gaze_weight:
+            if landmarks is None:
+                raise UserError("gaze guidance needs the target's landmarks; set the gaze weight to 0 to run without")
+            gaze = guidance.eye_gazes(experts, target, landmarks, config.gaze_crop)
+    return Guide(embedding, target, mask.to(target), logits, landmarks, gaze)
+
+
+def guided_step(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, config: SwapConfig,
+                guide: Guide, x: torch.Tensor, i: int, noise: torch.Tensor, background_noise: torch.Tensor,
+                generator: torch.Generator | None = None,
+                autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step i → i−1 of the respaced process (T = respacing − skip steps, i from T−1 down to 0):
+    (x_{i−1} after blending, the step's x̂0 estimate for the `final: pred_xstart` composite)."""
+    steps = diffusion.num_timesteps - config.skip
+    b = x.shape[0]
+    t = torch.full((b,), i, device=x.device, dtype=torch.long)
+    guided = any((config.id_weight, config.sem_weight, config.gaze_weight, config.target_mse_weight))
+    x_t = x.detach().requires_grad_(guided)
+    with torch.set_grad_enabled(guided):
+        with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            output = diffusion.run_model(model, x_t, t, guide.source_embedding)
+        pred = diffusion.predict(output, x_t, t, clip=config.clip_denoised)
+        grad = torch.zeros_like(x_t)
+        if guided:
+            energy = _energy(diffusion, experts, config, guide, x_t, t, pred.pred_xstart, generator)
+            grad = torch.autograd.grad(energy.sum(), x_t)[0]
+    if config.sampler == "ddpm":
+        mean = pred.mean.detach() - pred.variance.detach() * grad
+        x_prev = diffusion.ddpm_step(x, t, mean, pred.log_variance.detach(), noise)
+        estimate = pred.pred_xstart.detach()
+    else:
+        eps = pred.eps.detach() + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x) * grad
+        x_prev = diffusion.ddim_step(x, t, eps, config.eta, noise, clip=config.clip_denoised)
+        estimate = diffusion.pred_xstart_from_eps(x, t, eps)
+    if config.sampler == "ddpm" or config.ddim_blend:
+        level = i if config.blend_noise == "t" else i - 1
+        background = (diffusion.q_sample(guide.target, torch.full_like(t, level), background_noise)
+                      if level >= 0 else guide.target)
+        m_t = min(1.0, (steps - i - config.mask_ramp_delay) / config.mask_ramp) * guide.mask
+        x_prev = x_prev * m_t + background * (1 - m_t)
+    return x_prev, estimate
+
+
 def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, target: torch.Tensor,
                 config: SwapConfig, landmarks: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, progress: bool = False,
@@ -93,78 +203,51 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
     """Swap the identity of `source` onto `target` (both [B,3,H,W] in [-1,1]) for a batch of pairs.
 
     `mask` (the kept-classes mask of the target) is computed with the parser when not given; `landmarks`
-    (the target's, for facekit's eye crops) are needed only for gaze guidance. `autocast` (e.g. bf16 on a
-    GPU) applies to the UNet only; guidance and the update stay in float32.
+    (the target's, 5 or 68 points) are needed only for gaze guidance. `autocast` (e.g. bf16 on a GPU)
+    applies to the UNet only; guidance and the update stay in float32.
     """
     diffusion = config.diffusion(learn_sigma=getattr(getattr(model, "config", None), "learn_sigma", True))
-    device = target.device
+    guide = prepare_guide(experts, source, target, config, landmarks, mask)
     b = target.shape[0]
-    with torch.no_grad():
-        source_embedding = experts.identity(source)
-        target_logits = experts.parse(target) if (config.sem_weight or mask is None) else None
-        if mask is None:
-            mask = class_mask(target_logits, KEPT_CLASSES)
-        use_gaze = bool(config.gaze_weight)
-        if use_gaze and landmarks is None:
-            raise UserError("gaze guidance needs the target's landmarks; set the gaze weight to 0 to run without")
-        target_gaze = experts.gaze_of(target, landmarks) if use_gaze else None
-    mask = mask.to(target)
-
     steps = diffusion.num_timesteps - config.skip
-    start = torch.full((b,), steps - 1, device=device, dtype=torch.long)
+    start = torch.full((b,), steps - 1, device=target.device, dtype=torch.long)
     x = diffusion.q_sample(target, start, _randn(target, generator))
-    valid = torch.ones(b, dtype=torch.bool, device=device)
-    guided = any((config.id_weight, config.sem_weight, config.gaze_weight, config.target_mse_weight))
+    estimate = x
+    valid = torch.ones(b, dtype=torch.bool, device=target.device)
     iterator = range(steps - 1, -1, -1)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="sampling", unit="step", leave=False)
     for i in iterator:
-        t = torch.full((b,), i, device=device, dtype=torch.long)
-        x_t = x.detach().requires_grad_(guided)
-        with torch.set_grad_enabled(guided):
-            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                output = diffusion.run_model(model, x_t, t, source_embedding)
-            pred = diffusion.predict(output, x_t, t)
-            grad = torch.zeros_like(x_t)
-            if guided:
-                energy = _energy(diffusion, experts, config, x_t, t, pred.pred_xstart, source_embedding,
-                                 target, target_logits, landmarks, target_gaze, generator)
-                grad = torch.autograd.grad(energy.sum(), x_t)[0]
-        if config.sampler == "ddpm":
-            mean = pred.mean.detach() - pred.variance.detach() * grad
-            x_prev = diffusion.ddpm_step(x, t, mean, pred.log_variance.detach(), _randn(x, generator))
-        else:
-            eps = pred.eps.detach() + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x) * grad
-            x_prev = diffusion.ddim_step(x, t, eps, config.eta, _randn(x, generator))
-        background = diffusion.q_sample(target, t - 1, _randn(x, generator)) if i > 0 else target
-        m_t = min(1.0, (steps - i) / config.mask_ramp) * mask
-        x = x_prev * m_t + background * (1 - m_t)
-        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        noise = _randn(x, generator)
+        x, estimate = guided_step(model, diffusion, experts, config, guide, x, i, noise, _randn(x, generator),
+                                  generator, autocast)
+        finite = torch.isfinite(x).flatten(1).all(dim=1) & torch.isfinite(estimate).flatten(1).all(dim=1)
         valid &= finite
         x = torch.where(finite[:, None, None, None], x, target)  # a diverged pair must not poison the batch
-    swap = target * (1 - mask) + x.clamp(-1, 1) * mask
-    return SwapResult(swap=swap.detach(), mask=mask, valid=valid)
+    final = x if config.final == "sample" else torch.where(valid[:, None, None, None], estimate, target)
+    swap = target * (1 - guide.mask) + final.clamp(-1, 1) * guide.mask
+    return SwapResult(swap=swap.detach(), mask=guide.mask, valid=valid)
 
 
-def _energy(diffusion: GaussianDiffusion, experts: Experts, config: SwapConfig, x_t: torch.Tensor, t: torch.Tensor,
-            pred_xstart: torch.Tensor, source_embedding: torch.Tensor, target: torch.Tensor,
-            target_logits: torch.Tensor | None, landmarks: torch.Tensor | None, target_gaze: torch.Tensor | None,
-            generator: torch.Generator | None) -> torch.Tensor:
+def _energy(diffusion: GaussianDiffusion, experts: Experts, config: SwapConfig, guide: Guide, x_t: torch.Tensor,
+            t: torch.Tensor, pred_xstart: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Weighted guidance energy per sample on x_in = √(1−ᾱ)·x̂0 + (1−√(1−ᾱ))·x_t."""
     fac = extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t)
     x_in = pred_xstart * fac + x_t * (1 - fac)
     energy = torch.zeros(x_t.shape[0], device=x_t.device)
     if config.id_weight:
-        energy = energy + config.id_weight * guidance.identity_loss(experts, x_in, source_embedding, config.views, generator)
+        energy = energy + config.id_weight * guidance.identity_loss(experts, x_in, guide.source_embedding, config,
+                                                                    guide.mask, generator)
     if config.sem_weight:
-        energy = energy + config.sem_weight * guidance.semantic_loss(experts, x_in, target_logits)
+        energy = energy + config.sem_weight * guidance.semantic_loss(experts, x_in, guide.target_logits, config)
     lo, hi = config.gaze_window
     if config.gaze_weight and lo < int(t[0]) < hi:
-        energy = energy + config.gaze_weight * guidance.gaze_loss(experts, x_in, landmarks, target_gaze)
+        energy = energy + config.gaze_weight * guidance.gaze_loss(experts, x_in, guide.landmarks, guide.target_gaze,
+                                                                  config)
     if config.target_mse_weight:
-        energy = energy + config.target_mse_weight * guidance.target_mse(x_in, target)
+        energy = energy + config.target_mse_weight * guidance.target_mse(x_in, guide.target)
     return energy
 
 

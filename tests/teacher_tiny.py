@@ -5,7 +5,7 @@ from facekit.arcface import IRSEArcFace
 from facekit.bisenet import BiSeNet
 from facekit.eyenet import EyeNet
 from facekit.frozen import freeze
-from teacher.experts import Experts, eyenet_gaze_fn
+from teacher.experts import Experts
 from teacher.unet import UNetConfig, UNetModel
 
 TINY_UNET = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -25,5 +25,4 @@ def tiny_experts(seed: int = 0, gaze: bool = False) -> Experts:
     torch.manual_seed(seed)
     embedder = freeze(IRSEArcFace(blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16), input_size=112))
     parser = freeze(BiSeNet(width=0.0625, input_size=64))
-    gaze_fn = eyenet_gaze_fn(freeze(EyeNet(nstack=1, nfeatures=8, nlandmarks=8))) if gaze else None
-    return Experts(embedder, parser, gaze_fn)
+    return Experts(embedder, parser, freeze(EyeNet(nstack=1, nfeatures=8, nlandmarks=8)) if gaze else None)
