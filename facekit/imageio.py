@@ -68,10 +68,33 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the file's permissions
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dir(path: str | Path) -> Path:
+    """Create an output directory (and its parents), or say in one line why it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{path} is a file (or lies under one); choose another output directory") from None
+    except OSError as err:
+        raise UserError(f"cannot create {path}: {err.strerror}; choose another output directory") from None
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory; choose another output directory")
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{path} is not writable; choose another output directory")
     return path
 
 

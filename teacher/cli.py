@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap = commands.add_parser(
         "swap", help="swap faces with guided sampling", formatter_class=RAW,
         description="Put the identity of each source onto its target (aligned face crops; one source may go "
-        "onto many targets). Writes OUT/<source>__<target>.png. Examples:\n"
+        "onto many targets). Examples:\n"
+        "Writes OUT/NNN_<source>__<target>.png, NNN the pair's position (targets may share a file name).\n"
         "  distilswap teacher swap --teacher runs/teacher/snapshots/step_0000400.safetensors --experts runs/experts \\\n"
         "      --source a.png --target b.png c.png --preset demo --out runs/swaps\n"
         "  distilswap teacher swap --official checkpoints/Model.pt --unet official_256 --arcface checkpoints/Arcface.tar \\\n"
@@ -55,9 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--target", nargs="+", required=True, help="target face image(s)")
     swap.add_argument("--out", required=True, help="output directory")
     swap.add_argument("--batch-size", type=int, default=4, help="pairs sampled together (default 4)")
-    swap.add_argument("--crop-style", choices=["arcface", "ffhq"], default="arcface",
+    swap.add_argument("--crop-style", choices=["arcface", "ffhq"],
                       help="how the inputs are aligned (where gaze guidance looks for the eyes): arcface "
-                      "(synthetic world, facekit crops) or ffhq (the official DiffFace 256² model's data)")
+                      "(synthetic world, facekit crops; the default with --teacher) or ffhq (the official "
+                      "DiffFace 256² model's data; the default with --official)")
+    swap.add_argument("--force", action="store_true", help="replace results already in --out")
     swap.add_argument("--seed", type=int, default=0)
     swap.set_defaults(func=_swap)
 
@@ -191,7 +194,7 @@ def _swap(args: argparse.Namespace) -> int:
 
     from facekit.align import template_points
     from facekit.errors import UserError
-    from facekit.imageio import write_image
+    from facekit.imageio import make_dir, write_image
     from teacher.experts import load_experts, to_model
     from teacher.sampling import guided_swap, load_swap_config
 
@@ -216,9 +219,14 @@ def _swap(args: argparse.Namespace) -> int:
     size = model.config.image_size
     sources = args.source * len(args.target) if len(args.source) == 1 else args.source
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Inputs are aligned crops, so the target's eyes sit on the ArcFace template (gaze guidance's eye boxes).
-    landmarks = torch.from_numpy(template_points(size, style=args.crop_style).astype(np.float32))
+    names = [out / f"{k:03d}_{Path(src).stem}__{Path(tgt).stem}.png" for k, (src, tgt) in enumerate(zip(sources, args.target))]
+    existing = [str(p) for p in names if p.exists()]
+    if existing and not args.force:
+        raise UserError(f"{existing[0]} already exists ({len(existing)} result(s) in {out}); pass --force to replace them")
+    make_dir(out)
+    # Inputs are aligned crops, so the target's eyes sit on the template of their crop style (gaze's eye boxes).
+    style = args.crop_style or ("ffhq" if args.official else "arcface")
+    landmarks = torch.from_numpy(template_points(size, style=style).astype(np.float32))
     generator = torch.Generator().manual_seed(args.seed)
     for start in range(0, len(args.target), args.batch_size):
         src_paths, tgt_paths = sources[start:start + args.batch_size], args.target[start:start + args.batch_size]
@@ -227,11 +235,10 @@ def _swap(args: argparse.Namespace) -> int:
         result = guided_swap(model, experts, source, target, config, generator=generator, progress=True,
                              autocast=torch.bfloat16 if args.precision == "bf16" else None,
                              landmarks=landmarks.expand(len(tgt_paths), -1, -1).to(args.device))
-        for src, tgt, image, ok in zip(src_paths, tgt_paths, result.swap, result.valid):
+        for src, tgt, path, image, ok in zip(src_paths, tgt_paths, names[start:], result.swap, result.valid):
             if not ok:
                 print(f"skipped {src} -> {tgt}: sampling diverged (NaN)")
                 continue
-            path = out / f"{Path(src).stem}__{Path(tgt).stem}.png"
             write_image(path, ((image.cpu() + 1) / 2).permute(1, 2, 0).numpy())
             print(f"wrote {path}")
     return 0

@@ -43,7 +43,19 @@ def test_train_swap_and_pairs_from_the_command_line(tmp_path, capsys):
     assert distilswap.main(["teacher", "swap", "--teacher", snapshots[-1], "--source", faces[0], "--target",
                             *faces[1:], "--out", str(tmp_path / "swaps"), *swap_args]) == 0
     written = sorted(p.name for p in (tmp_path / "swaps").iterdir())
-    assert written == ["alice__bob.png", "alice__carol.png"]
+    assert written == ["000_alice__bob.png", "001_alice__carol.png"]
+    # two targets with one file name (other folders) get two results, and nothing earlier is replaced
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / "bob.png"
+    write_image(twin, rng.random((40, 40, 3)))
+    before = (tmp_path / "swaps" / "000_alice__bob.png").read_bytes()
+    again = ["teacher", "swap", "--teacher", snapshots[-1], "--source", faces[0], "--target", faces[1], str(twin),
+             "--out", str(tmp_path / "swaps"), *swap_args]
+    assert distilswap.main(again) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "swaps" / "000_alice__bob.png").read_bytes() == before
+    assert distilswap.main(again + ["--out", str(tmp_path / "twins")]) == 0
+    assert sorted(p.name for p in (tmp_path / "twins").iterdir()) == ["000_alice__bob.png", "001_alice__bob.png"]
 
     pairs = tmp_path / "pairs"
     assert distilswap.main(["pairs", "generate", "--teacher", "diffface", "--snapshots", *snapshots, "--total", "3",
