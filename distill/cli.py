@@ -131,7 +131,7 @@ def quality_score(args: argparse.Namespace) -> int:
     from distill.data import open_pairs
     from distill.quality import evaluate_fit, load_quality, score_pairs
     from distill.reweight import SCORES_FILENAME, save_histogram, write_scores
-    from student.checkpoint import file_sha256
+    from facekit.shipped import file_sha256
 
     _logging()
     pairs = open_pairs(args.pairs)

@@ -22,7 +22,8 @@ from facekit.identity import resolve_identity
 from export.metadata import artifact_metadata, set_onnx_metadata
 from export.verify import MANIFEST, REFERENCE, WEIGHT_PREFIX, Verification, verify_export, write_report
 from facekit.errors import UserError
-from student.checkpoint import file_sha256, load_student
+from facekit.shipped import file_sha256
+from student.checkpoint import load_student
 from student.model import MobileFaceSwap, check_identity_values
 
 FORMATS = ("onnx", "ort", "int8", "coreml")

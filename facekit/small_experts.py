@@ -518,8 +518,11 @@ def load_expert(directory: str | Path, expert: str) -> nn.Module:
     from facekit.checkpoints import load_state_strict
     from facekit.frozen import freeze
 
+    from facekit.shipped import check_shipped
+
     directory = Path(directory)
     meta, weights = directory / f"{expert}.json", directory / f"{expert}.safetensors"
+    check_shipped(weights)
     if not (meta.exists() and weights.exists()):
         raise UserError(f"no trained {expert} in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
     record = json.loads(meta.read_text())

@@ -1,7 +1,6 @@
 """The student's own checkpoint file: safetensors (no pickle) with the architecture in its metadata."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Mapping
@@ -57,14 +56,6 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise UserError(f"{path}: cannot read tensors ({err})") from None
     load_state_strict(model, state, str(path))
     return model.eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _existing(path: str | Path) -> Path:

@@ -98,7 +98,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from student.checkpoint import file_sha256, save_student
+    from facekit.shipped import file_sha256
+    from student.checkpoint import save_student
     from student.paddle_import import import_pdparams
 
     _refuse_existing(args.out, args.force)

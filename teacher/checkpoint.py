@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
+from facekit.shipped import check_shipped
 
 from .unet import UNetConfig, UNetModel
 
@@ -115,6 +116,7 @@ def read_metadata(path: str | Path) -> dict:
 def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNetModel, dict]:
     """A teacher saved by `save_weights` (a training checkpoint's EMA or a snapshot) and its metadata."""
     path = Path(path)
+    check_shipped(path)
     if not path.is_file():
         raise UserError(f"teacher weights {path} not found (train one with `distilswap teacher train`)")
     if path.suffix in (".pt", ".pth"):

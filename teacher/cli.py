@@ -64,6 +64,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--seed", type=int, default=0)
     swap.set_defaults(func=_swap)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="score guided swaps of held-out synthetic pairs against the ground truth (and ablate)",
+        formatter_class=RAW,
+        description="Swap held-out synthetic-world pairs and score them against the exact swap: face L1, SSIM, "
+        "background kept, identity similarity by a --judge embedder the teacher never saw, geometry error. "
+        "--ablation adds each guidance term one by one, blending off, three T̂ and the other sampler; several "
+        "--preset values run the whole table for each. Writes OUT/<preset>/eval.md, eval.json, sheet.png.\n"
+        "  distilswap teacher evaluate --teacher models/teacher/teacher.safetensors --experts models/experts \\\n"
+        "      --judge runs/judge --preset synthetic --preset synthetic_official --ablation --out runs/teacher_eval")
+    evaluate.add_argument("--teacher", required=True, help="teacher weights (.safetensors)")
+    _add_expert_args(evaluate, guidance=True)
+    evaluate.add_argument("--judge", required=True, help="identity model for scoring only (small-experts folder, "
+                          "ArcFace checkpoint or ONNX): not the guidance's embedder")
+    evaluate.add_argument("--pairs", type=int, default=64, help="held-out pairs (default 64)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--seed", type=int, help="world seed of the held-out pairs (default: far from training's)")
+    evaluate.add_argument("--ablation", action="store_true", help="also each variant of the sampler")
+    evaluate.add_argument("--out", required=True, help="report directory")
+    evaluate.add_argument("--device", default="cpu")
+    _add_sampling_args(evaluate, multiple=True)
+    evaluate.set_defaults(func=_evaluate)
+
+    ship = commands.add_parser(
+        "ship", help="pack a finished teacher run and its experts as fp16 files with a sha256 manifest",
+        formatter_class=RAW,
+        description="What `models/` holds: every snapshot of the run and the experts it was trained with, in "
+        "fp16, and manifest.json (how they were made, steps, wall time, data seed, sha256 of each file; "
+        "loaders refuse a shipped file that does not match it). Example:\n"
+        "  distilswap teacher ship --run runs/teacher_synthetic --experts runs/synth_experts --out models \\\n"
+        "      --made-by 'distilswap teacher train --config configs/teacher_train_synthetic.yaml ...'")
+    ship.add_argument("--run", required=True, help="the --out of a finished `distilswap teacher train`")
+    ship.add_argument("--experts", required=True, help="the small-experts folder the run was trained with")
+    ship.add_argument("--out", required=True, help="folder to write (e.g. models)")
+    ship.add_argument("--made-by", action="append", default=[], dest="made_by",
+                      help="a command that made these files, recorded in the manifest (repeat, in order)")
+    ship.add_argument("--force", action="store_true", help="replace models already in --out")
+    ship.set_defaults(func=_ship)
+
     bench = commands.add_parser(
         "bench", help="time guided sampling: per-step cost vs one UNet forward+backward, swaps/minute",
         formatter_class=RAW,
@@ -126,10 +164,13 @@ def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
         parser.add_argument("--gaze-model", dest="gaze_model", help="official GazeEstimator.pt (gaze guidance)")
 
 
-def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+def _add_sampling_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
     group = parser.add_argument_group("sampling (override the preset)")
-    group.add_argument("--preset", default="official",
-                       help="paper | official | demo, or a YAML file (teacher/presets/swap_*.yaml)")
+    presets = "official | fixed | paper | demo | synthetic | synthetic_official, or a YAML file (teacher/presets/swap_*.yaml)"
+    if multiple:
+        group.add_argument("--preset", action="append", help=presets + "; repeat to compare (default official)")
+    else:
+        group.add_argument("--preset", default="official", help=presets)
     group.add_argument("--steps", type=int, dest="respacing", help="respaced sampling steps (official 100)")
     group.add_argument("--skip", type=int, help="first steps skipped; sampling starts from the noised target")
     group.add_argument("--sampler", choices=["ddpm", "ddim"])
@@ -282,6 +323,42 @@ def _bench(args: argparse.Namespace) -> int:
     config = load_swap_config(args.preset, overrides)
     result = bench_sampling(model, experts, config, args.batch_size, args.repeats, args.device)
     print(json.dumps({"threads": torch.get_num_threads(), "preset": args.preset, **result}, indent=1))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facekit.errors import UserError
+    from facekit.identity import load_embedder
+    from teacher.checkpoint import load_teacher
+    from teacher.evaluate import HELD_OUT_SEED, ablation, evaluate_teacher, write_report
+    from teacher.experts import load_experts
+    from teacher.sampling import load_swap_config
+
+    if args.pairs < 1 or args.batch_size < 1:
+        raise UserError(f"--pairs and --batch-size must be at least 1, got {args.pairs} and {args.batch_size}")
+    model, _ = load_teacher(args.teacher, args.device)
+    experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
+    judge = load_embedder(args.judge)
+    for preset in args.preset or ["official"]:
+        overrides = _sampling_overrides(args)
+        if experts.gaze is None:
+            overrides["gaze_weight"] = 0
+        config = load_swap_config(preset, overrides)
+        variants = ablation(config, experts.gaze is not None) if args.ablation else {"full": {}}
+        results, swaps, job = evaluate_teacher(model, experts, judge, config, variants, args.pairs, args.batch_size,
+                                               HELD_OUT_SEED if args.seed is None else args.seed, args.device)
+        out = write_report(results, swaps, job, Path(args.out) / Path(preset).stem)
+        print((out / "eval.md").read_text())
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    from teacher.ship import ship
+
+    out = ship(args.run, args.experts, args.out, args.made_by, args.force)
+    print(f"shipped {args.run} and {args.experts} to {out} (manifest: {out}/manifest.json)")
     return 0
 
 

@@ -8,7 +8,7 @@ to the same t for every respacing of 1000 steps into 10…500) and one pair at a
 
 Blending: M is the hard mask of the kept classes on the target; at the step t → t−1 (T steps in all)
 M_t = min(1, (T − t − delay)/T̂)·M and x_{t−1} ← x̂_{t−1}·M_t + q(x_targ at t or t−1)·(1 − M_t); the output
-is the hard composite x_targ·(1−M) + x_final·M.
+is the hard composite x_targ·(1−M) + x_final·M (`blend: never` turns both off, for ablations).
 
 `SwapConfig`'s defaults are the behaviour we believe is right; the `official` preset switches every one
 of them to what hxngiee/DiffFace does (tests/test_official_sampler.py re-derives its step). Gaze is always
@@ -27,7 +27,7 @@ cancel).
 | blend_noise | t-1 | t | x_{t−1} is blended with the target at its own noise level (clean at the end) |
 | mask_ramp_delay | 0 | 1 | the ramp reaches M at T̂ steps, not T̂+1 |
 | final | sample | pred_xstart | the last guided sample rather than the last unguided x̂0 |
-| ddim_blend | True | False | DDIM keeps the background too |
+| blend | always | ddpm_only | DDIM keeps the background too ("never": no blending, no final composite; ablations) |
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ CHOICES = {
     "gaze_crop": ("subpixel", "integer"),
     "blend_noise": ("t-1", "t"),
     "final": ("sample", "pred_xstart"),
+    "blend": ("always", "ddpm_only", "never"),
 }
 
 
@@ -87,7 +88,7 @@ class SwapConfig:
     blend_noise: str = "t-1"
     mask_ramp_delay: int = 0
     final: str = "sample"
-    ddim_blend: bool = True
+    blend: str = "always"
 
     def diffusion(self, learn_sigma: bool = True) -> GaussianDiffusion:
         return GaussianDiffusion.create(self.schedule, self.diffusion_steps, self.respacing, learn_sigma)
@@ -187,7 +188,7 @@ def guided_step(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: E
         eps = pred.eps.detach() + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x) * grad
         x_prev = diffusion.ddim_step(x, t, eps, config.eta, noise, clip=config.clip_denoised)
         estimate = diffusion.pred_xstart_from_eps(x, t, eps)
-    if config.sampler == "ddpm" or config.ddim_blend:
+    if config.blend == "always" or (config.blend == "ddpm_only" and config.sampler == "ddpm"):
         level = i if config.blend_noise == "t" else i - 1
         background = (diffusion.q_sample(guide.target, torch.full_like(t, level), background_noise)
                       if level >= 0 else guide.target)
@@ -227,7 +228,9 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
         valid &= finite
         x = torch.where(finite[:, None, None, None], x, target)  # a diverged pair must not poison the batch
     final = x if config.final == "sample" else torch.where(valid[:, None, None, None], estimate, target)
-    swap = target * (1 - guide.mask) + final.clamp(-1, 1) * guide.mask
+    swap = final.clamp(-1, 1)
+    if config.blend != "never":
+        swap = target * (1 - guide.mask) + swap * guide.mask
     return SwapResult(swap=swap.detach(), mask=guide.mask, valid=valid)
 
 

@@ -1,0 +1,61 @@
+"""Weights that ship with the project (`models/`), checked against their manifest before anything loads them.
+
+`models/manifest.json` lists every shipped file with its sha256 and says how it was made. A loader calls
+`check_shipped(path)` first: a file under a folder with such a manifest that is missing, damaged or changed
+is refused with one line saying how to restore it, never silently replaced by something untrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from facekit.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT = "distilswap-models/1"
+RESTORE = "restore it with `git checkout models/` or train your own (README: the shipped teacher)"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_root(path: str | Path) -> Path | None:
+    """The folder whose manifest lists `path`, if any."""
+    path = Path(path).absolute()
+    for folder in path.parents:
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("format") == FORMAT:
+                return folder
+    return None
+
+
+def check_shipped(path: str | Path) -> None:
+    """Refuse a shipped file (or folder of them) that is missing or does not match its manifest's sha256."""
+    path = Path(path)
+    root = shipped_root(path)
+    if root is None:
+        return
+    files = json.loads((root / MANIFEST).read_text())["files"]
+    relative = path.absolute().relative_to(root).as_posix()
+    listed = {name: entry for name, entry in files.items() if name == relative or name.startswith(relative + "/")}
+    if not listed:
+        if not path.exists():
+            raise UserError(f"{path}: not among the shipped models in {root / MANIFEST}")
+        return
+    for name, entry in sorted(listed.items()):
+        file = root / name
+        if not file.is_file():
+            raise UserError(f"shipped model {file} is missing; {RESTORE}")
+        if file_sha256(file) != entry["sha256"]:
+            raise UserError(f"shipped model {file} is damaged (sha256 differs from {root / MANIFEST}); {RESTORE}")
