@@ -114,7 +114,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         key = _stage_key(argv)
         marker = done_dir / f"{name}.json"
         rerun = rerun or name == args.from_stage
-        if not rerun and marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        if not rerun and _cached(marker, key):
             print(f"[{number}/{len(stages)}] {name}: cached ({marker})", flush=True)
             continue
         print(f"[{number}/{len(stages)}] {name}: distilswap {' '.join(argv)}", flush=True)
@@ -123,10 +123,23 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         if code:
             raise UserError(f"stage {name} failed (exit {code}); fix it and rerun: finished stages are kept")
         seconds = time.monotonic() - start
-        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1), "order": number}))
+        outputs = sorted({a for a in argv if a.startswith(str(out)) and Path(a).exists()})
+        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1), "order": number,
+                                      "outputs": outputs}))
         print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
         rerun = True  # a stage that ran invalidates the caches of the stages after it
     return 0
+
+
+def _cached(marker, key: str) -> bool:
+    """A finished stage with the same command line and configs whose outputs are all still there."""
+    import json
+    from pathlib import Path
+
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text())
+    return record.get("key") == key and all(Path(p).exists() for p in record.get("outputs", []))
 
 
 def _stage_key(argv: list[str]) -> str:

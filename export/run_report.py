@@ -106,13 +106,16 @@ def _verification(stage_dir: Path) -> str | None:
     report = stage_dir / "verification.json"
     if not report.is_file():
         return None
-    checks = json.loads(report.read_text()).get("checks", [])
+    data = json.loads(report.read_text())
+    checks = data.get("checks", [])
     rows = ["| artifact | check | ok | value | bound |", "|---|---|---|---|---|"]
     rows += [
         f"| {c.get('artifact')} | {c.get('check')} | {'yes' if c.get('ok') else 'NO'} | "
         f"{'' if c.get('value') is None else format(c['value'], '.3g')} | {'' if c.get('bound') is None else c['bound']} |"
         for c in checks
     ]
+    rows += [f"| {name} | left out (missed its bound) | NO | {entry.get('value', '')} | {entry.get('bound', '')} |"
+             for name, entry in data.get("skipped", {}).items()]
     return "\n".join(rows)
 
 

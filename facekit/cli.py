@@ -122,6 +122,7 @@ def _register_identity(subparsers: argparse._SubParsersAction) -> None:
     identity.add_argument("--embedder", required=True, help="small-experts folder, ArcFace checkpoint or ArcFace ONNX")
     identity.add_argument("--detector-models", help="insightface model folder (default: offline dlib detector)")
     identity.add_argument("--out", required=True, help="identity file to write (.npz)")
+    identity.add_argument("--force", action="store_true", help="replace an existing --out")
     identity.set_defaults(func=_identity)
 
 
@@ -260,8 +261,8 @@ def _identity(args: argparse.Namespace) -> int:
     from facekit.errors import UserError
     from facekit.identity import identity_from_image, resolve_identity, save_identity
 
-    if Path(args.out).exists():
-        raise UserError(f"{args.out} already exists; remove it or choose another --out")
+    if Path(args.out).exists() and not args.force:
+        raise UserError(f"{args.out} already exists; pass --force to replace it or choose another --out")
     if args.image:
         _, embedding, feature_map = resolve_identity(args.image, args.embedder, args.detector_models)
     else:

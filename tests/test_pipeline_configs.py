@@ -26,6 +26,9 @@ def test_every_stage_parses_and_names_existing_configs(name, tmp_path):
         for flag, value in zip(argv, argv[1:]):
             if flag == "--config":
                 assert (ROOT / value).is_file(), f"{name}: stage {stage} names missing {value}"
+        for value in argv:
+            if value.startswith("models/"):  # the shipped teacher and experts
+                assert list(ROOT.glob(value)), f"{name}: stage {stage} names missing shipped {value}"
 
 
 
@@ -58,6 +61,13 @@ def test_run_caches_finished_stages_and_reruns_edited_ones(tmp_path, capsys):
     assert "first: cached" in printed and "experts: cached" not in printed and "last: cached" not in printed
     assert distilswap.main([*args, "--from-stage", "last"]) == 0
     assert capsys.readouterr().out.count(": cached") == 2
+    import shutil
+
+    shutil.rmtree(out / "experts")  # a cached stage whose output is gone runs again
+    assert distilswap.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "first: cached" in printed and "experts: cached" not in printed
+    assert (out / "experts" / "parser.safetensors").is_file()
     stages["last"] = ["compare", str(tmp_path / "missing"), "--out", "{out}/last"]
     pipeline.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     assert distilswap.main(args) == 2
