@@ -209,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
                                                "lr", "lambda_id", "ema_rate", "precision", "grad_checkpoint",
                                                "checkpoint_every", "seed")}
     if args.snapshot_fractions:
-        overrides["snapshot_fractions"] = [float(f) for f in args.snapshot_fractions.split(",")]
+        overrides["snapshot_fractions"] = args.snapshot_fractions.split(",")  # checked with the YAML's
     config = load_train_config(args.config, overrides)
     out = train(config)
     print(f"teacher trained: {out}/snapshots (EMA weights at {list(config.snapshot_fractions)} of training)")

@@ -74,10 +74,36 @@ def load_train_config(path: str | None, overrides: dict | None = None) -> TrainC
     if set(data) - known:
         raise UserError(f"unknown training settings {sorted(set(data) - known)}; known: {sorted(known)}")
     if "snapshot_fractions" in data:
-        data["snapshot_fractions"] = tuple(float(f) for f in data["snapshot_fractions"])
+        try:
+            data["snapshot_fractions"] = tuple(float(f) for f in data["snapshot_fractions"])
+        except (TypeError, ValueError):
+            raise UserError(f"snapshot_fractions must be numbers in (0, 1], got {data['snapshot_fractions']!r}") from None
         if not all(0 < f <= 1 for f in data["snapshot_fractions"]):
-            raise UserError("snapshot_fractions must lie in (0, 1]")
-    return TrainConfig(**data)
+            raise UserError(f"snapshot_fractions must lie in (0, 1], got {list(data['snapshot_fractions'])}")
+    config = TrainConfig(**data)
+    _check_values(config, path or "the command line")
+    return config
+
+
+POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "image_every",
+            "diffusion_steps")
+# Settings that change what the run computes: a resumed run must keep them (the snapshots' fractions and
+# the pairs built on them would otherwise lie).
+FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
+                   "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet")
+
+
+def _check_values(config: TrainConfig, where: str) -> None:
+    for name in POSITIVE:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{where}: {name} must be a whole number ≥ 1, got {value!r}")
+    for name in ("lr", "grad_clip", "ema_rate", "lambda_id"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (name == "lr" and value == 0):
+            raise UserError(f"{where}: {name} must be a number {'> 0' if name == 'lr' else '≥ 0'}, got {value!r}")
+    if config.ema_rate >= 1:
+        raise UserError(f"{where}: ema_rate must be below 1, got {config.ema_rate}")
 
 
 def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]:
@@ -113,7 +139,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
     faces = FaceSource(config.data, unet_config.image_size)
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
-    step = _resume(out, model, ema, optimizer, data_rng, rank, device)
+    step = _resume(out, model, ema, optimizer, data_rng, rank, device, config)
     if step == 0:
         torch.manual_seed(config.seed * 1000 + rank)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -254,7 +280,7 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
 
 
 def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
-            rank: int, device: torch.device) -> int:
+            rank: int, device: torch.device, config: TrainConfig) -> int:
     latest = out / "checkpoints" / "latest.json"
     if not latest.is_file():
         return 0
@@ -263,11 +289,16 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
     saved = read_metadata(paths["model"])["unet_config"]
     if saved != model.config.to_dict() | {"use_checkpoint": saved["use_checkpoint"]}:
         raise UserError(f"{out} holds a run of a different UNet ({saved}); use another --out or the same --unet")
+    state = torch.load(paths["state"], map_location=device, weights_only=True)
+    saved_config, current = json.loads(state["config"]), config.to_dict()
+    changed = [k for k in FIXED_ON_RESUME if k in saved_config and saved_config[k] != current[k]]
+    if changed:
+        what = ", ".join(f"{k} {saved_config[k]!r} → {current[k]!r}" for k in changed)
+        raise UserError(f"{out} was trained with other settings ({what}); resume with the same ones or use another --out")
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(paths["model"]), device=str(device)))
     ema.model.load_state_dict(load_file(str(paths["ema"]), device=str(device)))
-    state = torch.load(paths["state"], map_location=device, weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"].cpu())
     if state["rng_cuda"] and torch.cuda.is_available():

@@ -38,7 +38,26 @@ def test_resume_is_exact_and_snapshots_record_their_fraction(tmp_path):
     assert [p.name for p in snapshots] == ["step_0000002.safetensors", "step_0000004.safetensors"]
     model, meta = load_teacher(snapshots[0])
     assert meta["fraction"] == 0.5 and meta["snapshot_id"] == "step_0000002" and model.config == TINY_UNET
+    # resuming with settings that change what the run computes is refused, naming each change
+    for change, message in (({"steps": 6}, "steps 4 → 6"), ({"lr": 5e-4}, "lr 0.001 → 0.0005")):
+        with pytest.raises(UserError, match=message):
+            train(config(tmp_path, "resumed", **change), experts)
+    train(config(tmp_path, "resumed", log_every=2), experts)  # bookkeeping settings may change
     assert list((straight / "tb").iterdir())  # TensorBoard event file
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "batch_size must be a whole number ≥ 1, got 0"),
+    ({"steps": "ten"}, "steps must be a whole number ≥ 1, got 'ten'"),
+    ({"lr": -1}, "lr must be a number > 0, got -1"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be a whole number ≥ 1"),
+    ({"snapshot_fractions": [0, 2]}, r"snapshot_fractions must lie in \(0, 1\]"),
+    ({"snapshot_fractions": ["abc"]}, "snapshot_fractions must be numbers"),
+    ({"ema_rate": 1.5}, "ema_rate must be below 1"),
+])
+def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
+    with pytest.raises(UserError, match=message):
+        config(tmp_path, "bad", **settings)
 
 
 def test_loss_goes_down_with_identity_term(tmp_path):
