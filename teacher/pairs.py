@@ -333,6 +333,8 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     moment and rerun."""
     root = Path(root)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if total < 1 or shard_size < 1:
+        raise UserError(f"--total and --shard-size must be at least 1, got {total} and {shard_size}")
     num_shards = math.ceil(total / shard_size)
     manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "total_pairs": total,
                 "shard_size": shard_size, "num_shards": num_shards, "seed": seed, "data": str(data),
@@ -426,6 +428,11 @@ def _claim(root: Path, manifest: dict) -> None:
             raise UserError(f"{root} holds a pairs run with different settings ({', '.join(changed)}); "
                             "rerun with the same settings to resume, or choose another --out")
         return
+    foreign = [p.name for p in root.iterdir() if p.name not in ("progress", "shards") and not p.name.startswith(".")] \
+        if root.is_dir() else []
+    if foreign:
+        raise UserError(f"{root} already holds other files ({', '.join(sorted(foreign)[:3])}), not a pairs data set; "
+                        "choose an empty or new --out")
     (root / "progress").mkdir(parents=True, exist_ok=True)
     (root / "shards").mkdir(parents=True, exist_ok=True)
     _write_json(path, manifest)

@@ -216,3 +216,19 @@ def test_onnx_swapper_teacher_writes_the_same_format(tmp_path):
     (tmp_path / "bad.onnx").write_bytes((tmp_path / "swapper.onnx").read_bytes().replace(b"source", b"sourcX"))
     with pytest.raises(UserError, match="needs inputs 'target' and 'source'"):
         OnnxTeacher(str(tmp_path / "bad.onnx"), experts)
+
+
+def test_pairs_never_mix_into_another_folder_and_refuse_empty_sets(tmp_path):
+    faces = tmp_path / "faces"  # e.g. a face data set
+    faces.mkdir()
+    (faces / "dataset.json").write_text("{}")
+    (faces / "p0.png").write_bytes(b"png")
+    before = sorted(p.name for p in faces.rglob("*"))
+    with pytest.raises(UserError, match="already holds other files .*dataset.json"):
+        generate_pairs(faces, OracleTeacher(), tiny_experts(), total=4, shard_size=4, image_size=32, progress=False)
+    assert sorted(p.name for p in faces.rglob("*")) == before
+    for total, shard in ((0, 4), (4, 0)):
+        with pytest.raises(UserError, match="--total and --shard-size must be at least 1"):
+            generate_pairs(tmp_path / "new", OracleTeacher(), tiny_experts(), total=total, shard_size=shard,
+                           image_size=32, progress=False)
+    assert not (tmp_path / "new").exists()
