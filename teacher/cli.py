@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
     train.add_argument("--lr", type=float)
     train.add_argument("--lambda-id", type=float, dest="lambda_id",
-                       help="weight of 1 − cos identity loss on x̂0 (default 1.0 = the paper's λ=0.5 on ‖v−v̂‖²)")
+                       help="weight of the 1 − cos identity loss on x̂0 (default 0.01, the official training code's)")
     train.add_argument("--ema-rate", type=float, dest="ema_rate")
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     train.add_argument("--grad-checkpoint", action="store_const", const=True, dest="grad_checkpoint",

@@ -45,7 +45,8 @@ class TrainConfig:
     lr: float = 1e-4
     grad_clip: float = 1.0
     ema_rate: float = 0.999
-    lambda_id: float = 1.0  # on (1 − cos); the paper's λ=0.5 on ‖v − v̂‖² (= 2(1 − cos))
+    lambda_id: float = 0.01  # on (1 − cos), as the official train_util.py (the paper writes λ=0.5 on ‖v − v̂‖²; at
+    # 1.0 the term, amplified by 1/√ᾱ_t through x̂0, swamped the noise loss: samples stayed noise)
     schedule: str = "linear"
     diffusion_steps: int = 1000
     precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16
