@@ -38,15 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distilswap", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"distilswap {_version()}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party libraries print their progress (e.g. coremltools' conversion passes)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGE_CLIS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # a stage package without a CLI yet
-            if err.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     run = subparsers.add_parser(
         "run",
         help="run the whole pipeline from a YAML config, each finished stage cached",
@@ -173,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if args.verbose:
+        import os
+
+        from facekit.quiet import VERBOSE
+
+        os.environ[VERBOSE] = "1"
     try:
         return int(args.func(args) or 0)
     except UserError as err:

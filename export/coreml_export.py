@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from facekit.quiet import quiet_third_party
 from student.idn import SwapNet
 
 AUTHOR = "DistilSwap"
@@ -32,7 +33,7 @@ def export_coreml(net: SwapNet, path: str | Path, metadata: Mapping[str, str], r
     import coremltools as ct
 
     r = resolution or net.config.resolution
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), quiet_third_party("coremltools"):
         warnings.simplefilter("ignore")
         program = torch.export.export(net.eval(), (torch.rand(1, 3, r, r),)).run_decompositions({})
         model = ct.convert(
@@ -53,7 +54,7 @@ def palettize(model, path: str | Path, metadata: Mapping[str, str], nbits: int =
     import coremltools.optimize.coreml as cto
 
     config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_third_party("coremltools"):
         warnings.simplefilter("ignore")
         small = cto.palettize_weights(model, config)
     _describe(small, {**metadata, "compression": f"{nbits}-bit k-means palettization"})

@@ -1,0 +1,27 @@
+"""Third-party progress output (coremltools' per-op conversion bars, its MIL pass lists) stays out of the
+user's terminal unless `distilswap --verbose` (or DISTILSWAP_VERBOSE=1) asks for it."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+VERBOSE = "DISTILSWAP_VERBOSE"
+
+
+@contextlib.contextmanager
+def quiet_third_party(*loggers: str) -> Iterator[None]:
+    """Silence stdout/stderr and the named loggers (below ERROR) for the duration, unless verbose."""
+    if os.environ.get(VERBOSE):
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
