@@ -71,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "background kept, identity similarity by a --judge embedder the teacher never saw, geometry error. "
         "--ablation adds each guidance term one by one, blending off, three T̂ and the other sampler; several "
         "--preset values run the whole table for each. Writes OUT/<preset>/eval.md, eval.json, sheet.png.\n"
-        "  distilswap teacher evaluate --teacher models/teacher/teacher.safetensors --experts models/experts \\\n"
-        "      --judge runs/judge --preset synthetic --preset synthetic_official --ablation --out runs/teacher_eval")
+        "  distilswap teacher evaluate --teacher models/teacher/step_0003000.safetensors --experts models/experts \\\n"
+        "      --judge runs/judge --preset demo --preset demo_official --ablation --out runs/teacher_eval")
     evaluate.add_argument("--teacher", required=True, help="teacher weights (.safetensors)")
     _add_expert_args(evaluate, guidance=True)
     evaluate.add_argument("--judge", required=True, help="identity model for scoring only (small-experts folder, "
@@ -166,7 +166,7 @@ def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
 
 def _add_sampling_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
     group = parser.add_argument_group("sampling (override the preset)")
-    presets = "official | fixed | paper | demo | synthetic | synthetic_official, or a YAML file (teacher/presets/swap_*.yaml)"
+    presets = "official | fixed | paper | demo | demo_official, or a YAML file (teacher/presets/swap_*.yaml)"
     if multiple:
         group.add_argument("--preset", action="append", help=presets + "; repeat to compare (default official)")
     else:
