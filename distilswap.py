@@ -90,14 +90,12 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    import yaml
-
+    from facekit.config import read_yaml_mapping
     from facekit.errors import UserError
 
-    try:
-        config = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{args.config}: cannot read the pipeline config ({err})") from None
+    config = read_yaml_mapping(args.config, "pipeline settings")
+    if not isinstance(config.get("stages"), dict):
+        raise UserError(f"{args.config}: expected a mapping with `stages:` (name: [distilswap arguments])")
     out = Path(args.out or config.get("out", "runs/pipeline"))
     stages: dict[str, list] = config.get("stages") or {}
     if args.from_stage and args.from_stage not in stages:
@@ -161,6 +159,23 @@ def _version() -> str:
         return "unknown"
 
 
+def _error(message: str) -> int:
+    """The one line a user sees for a problem they can fix."""
+    print(f"distilswap: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _os_problem(err: OSError) -> str:
+    import errno
+
+    where = err.filename or "the output"
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device writing {where}; free space and rerun (finished work is kept)"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{where}: a file is in the way (an output folder cannot be created there); choose another path"
+    return f"{where}: {err.strerror or err}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from facekit.errors import UserError
 
@@ -178,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"distilswap: error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
+    except OSError as err:  # an output under a file, read-only, a full disk: one line naming the path
+        if args.verbose:
+            raise
+        return _error(_os_problem(err))
     except KeyboardInterrupt:
         print("distilswap: interrupted (completed work is kept; rerun to resume)", file=sys.stderr)
         return 130

@@ -69,15 +69,9 @@ class DistillConfig:
 
 def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> DistillConfig:
     """YAML preset (keys of DistillConfig; `weights:` a mapping) plus command-line overrides."""
-    import yaml
+    from facekit.config import check_types, read_yaml_mapping
 
-    data: dict[str, Any] = {}
-    if path:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such distill config (see configs/distill_*.yaml)")
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a distill config is a YAML mapping")
+    data: dict[str, Any] = read_yaml_mapping(path, "distill settings (see configs/distill_*.yaml)") if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(DistillConfig)}
     unknown = sorted(set(data) - known)
@@ -92,7 +86,10 @@ def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = 
         raise UserError(f"unknown loss weights: {', '.join(bad)} (known: {known_weights})")
     if "betas" in data:
         data["betas"] = tuple(data["betas"])
-    return DistillConfig(weights=LossWeights(**weights), **data)
+    config = DistillConfig(weights=LossWeights(**weights), **data)
+    check_types(config, str(path or "distill settings"))
+    check_types(config.weights, str(path or "distill settings") + " weights")
+    return config
 
 
 def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:

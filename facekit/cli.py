@@ -157,14 +157,9 @@ def _experts_train(args: argparse.Namespace) -> int:
 
     overrides = {}
     if args.config:
-        import yaml
+        from facekit.config import read_yaml_mapping
 
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"--config {args.config} not found")
-        overrides = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(overrides, dict):
-            raise UserError(f"--config {args.config}: expected a mapping of settings, got {type(overrides).__name__}")
+        overrides = read_yaml_mapping(args.config, "experts settings")
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = make_config(args.preset, overrides)

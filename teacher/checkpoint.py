@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
@@ -109,8 +109,11 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None
 
 
 def read_metadata(path: str | Path) -> dict:
-    with safe_open(str(path), "pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except (SafetensorError, ValueError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNetModel, dict]:
@@ -127,7 +130,10 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     model = UNetModel(UNetConfig.from_dict(metadata["unet_config"]))
     with safe_open(str(path), "pt", device="cpu") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{path}: its tensors do not fit its unet_config ({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), metadata
 
 

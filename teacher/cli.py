@@ -290,10 +290,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     import torch
 
+    from facekit.errors import UserError
     from teacher.bench import bench_sampling
     from teacher.experts import Experts, load_experts
     from teacher.sampling import load_swap_config
 
+    if args.batch_size < 1 or args.repeats < 1:
+        raise UserError(f"--batch-size and --repeats must be at least 1, got {args.batch_size} and {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.teacher:
@@ -374,7 +377,13 @@ def _generate(args: argparse.Namespace) -> int:
     experts = load_experts(args.experts, args.arcface, getattr(args, "parser", None), args.gaze_model)
     experts.embedder.to(args.device)
     if args.teacher == "oracle":
-        teacher = OracleTeacher(tuple(float(f) for f in args.fractions.split(",")))
+        try:
+            fractions = tuple(float(f) for f in args.fractions.split(","))
+        except ValueError:
+            raise UserError(f"--fractions {args.fractions}: expected comma-separated numbers in (0, 1]") from None
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise UserError(f"--fractions {args.fractions}: every fraction must lie in (0, 1]")
+        teacher = OracleTeacher(fractions)
     elif args.teacher == "onnx":
         from teacher.pairs import OnnxTeacher
 

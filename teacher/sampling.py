@@ -35,9 +35,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
-
 from facekit.bisenet import KEPT_CLASSES, class_mask
+from facekit.config import check_types, read_yaml_mapping
 from facekit.errors import UserError
 
 from . import guidance
@@ -107,7 +106,7 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
     if not path.is_file():
         names = sorted(p.stem[len("swap_"):] for p in PRESETS_DIR.glob("swap_*.yaml"))
         raise UserError(f"unknown sampling preset {preset!r}: use one of {names} or a YAML file")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_mapping(path, "sampling settings")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in fields(SwapConfig)}
     unknown = set(data) - known
@@ -115,10 +114,8 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
         raise UserError(f"{path}: unknown sampling settings {sorted(unknown)}; known: {sorted(known)}")
     if "gaze_window" in data:
         data["gaze_window"] = tuple(data["gaze_window"])
-    try:
-        config = SwapConfig(**data)
-    except TypeError as err:
-        raise UserError(f"{path}: {err}") from None
+    config = SwapConfig(**data)
+    check_types(config, str(path))
     if not 0 <= config.skip < config.respacing:
         raise UserError(f"skip must be in [0, respacing): got skip={config.skip}, respacing={config.respacing}")
     for name, choices in CHOICES.items():

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 
+from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
 from facekit.training import EMA, setup_distributed
 
@@ -66,10 +66,7 @@ class TrainConfig:
 
 
 def load_train_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    if path and not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of training settings")
-    data = dict(data or {})
+    data = read_yaml_mapping(path, "training settings") if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in fields(TrainConfig)}
     if set(data) - known:

@@ -235,8 +235,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def load_unet_config(preset: str) -> UNetConfig:
     """A preset name (official_256, reference_small, demo_64) or a YAML file of UNetConfig fields."""
-    import yaml
-
+    from facekit.config import read_yaml_mapping
     from facekit.errors import UserError
 
     presets = Path(__file__).resolve().parent / "presets"
@@ -244,7 +243,7 @@ def load_unet_config(preset: str) -> UNetConfig:
     if not path.is_file():
         names = sorted(p.stem[len("unet_"):] for p in presets.glob("unet_*.yaml"))
         raise UserError(f"unknown UNet preset {preset!r}: use one of {names} or a YAML file")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_mapping(path, "UNet settings")
     unknown = set(data) - set(UNetConfig.__dataclass_fields__)
     if unknown:
         raise UserError(f"{path}: unknown UNet settings {sorted(unknown)}")
