@@ -106,8 +106,8 @@ def run_bench(options: BenchOptions) -> dict:
         raise UserError(f"{out} is a file; --out must be a directory")
     if out.exists() and any(out.iterdir()) and not options.force:
         raise UserError(f"{out} is not empty; pass --force to bench into it again")
-    out.mkdir(parents=True, exist_ok=True)
     model = load_student(options.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
     config = model.config
     r, d = config.resolution, config.identity_dim
 

@@ -372,17 +372,20 @@ def _generate(args: argparse.Namespace) -> int:
 
     from facekit.errors import UserError
     from teacher.experts import load_experts
-    from teacher.pairs import DiffusionTeacher, OracleTeacher, generate_pairs
+    from teacher.pairs import DiffusionTeacher, OracleTeacher, check_destination, generate_pairs
 
+    check_destination(args.out, args.total, args.shard_size)  # cheap checks before any model loads
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    except ValueError:
+        raise UserError(f"--fractions {args.fractions}: expected comma-separated numbers in (0, 1]") from None
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise UserError(f"--fractions {args.fractions}: every fraction must lie in (0, 1]")
+    if args.teacher == "diffface" and not args.snapshots:
+        raise UserError("--teacher diffface needs --snapshots (weights from `distilswap teacher train`)")
     experts = load_experts(args.experts, args.arcface, getattr(args, "parser", None), args.gaze_model)
     experts.embedder.to(args.device)
     if args.teacher == "oracle":
-        try:
-            fractions = tuple(float(f) for f in args.fractions.split(","))
-        except ValueError:
-            raise UserError(f"--fractions {args.fractions}: expected comma-separated numbers in (0, 1]") from None
-        if not fractions or not all(0 < f <= 1 for f in fractions):
-            raise UserError(f"--fractions {args.fractions}: every fraction must lie in (0, 1]")
         teacher = OracleTeacher(fractions)
     elif args.teacher == "onnx":
         from teacher.pairs import OnnxTeacher

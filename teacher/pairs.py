@@ -333,8 +333,7 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     moment and rerun."""
     root = Path(root)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if total < 1 or shard_size < 1:
-        raise UserError(f"--total and --shard-size must be at least 1, got {total} and {shard_size}")
+    check_destination(root, total, shard_size)
     num_shards = math.ceil(total / shard_size)
     manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "total_pairs": total,
                 "shard_size": shard_size, "num_shards": num_shards, "seed": seed, "data": str(data),
@@ -418,6 +417,22 @@ def _make_shard(teacher: Teacher, experts, job: PairJob, k: int, shard_size: int
     return pairs, drops
 
 
+def check_destination(root: str | Path, total: int, shard_size: int) -> None:
+    """A pairs data set of at least one pair goes into a new folder, an empty one or an earlier pairs run."""
+    root = Path(root)
+    if total < 1 or shard_size < 1:
+        raise UserError(f"--total and --shard-size must be at least 1, got {total} and {shard_size}")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file; --out must be a folder for the pairs data set")
+    if (root / "manifest.json").is_file():
+        return
+    foreign = [p.name for p in root.iterdir() if p.name not in ("progress", "shards") and not p.name.startswith(".")] \
+        if root.is_dir() else []
+    if foreign:
+        raise UserError(f"{root} already holds other files ({', '.join(sorted(foreign)[:3])}), not a pairs data set; "
+                        "choose an empty or new --out")
+
+
 def _claim(root: Path, manifest: dict) -> None:
     """Start a data set, or check that the one under root was started with these very settings."""
     path = root / "manifest.json"
@@ -428,11 +443,6 @@ def _claim(root: Path, manifest: dict) -> None:
             raise UserError(f"{root} holds a pairs run with different settings ({', '.join(changed)}); "
                             "rerun with the same settings to resume, or choose another --out")
         return
-    foreign = [p.name for p in root.iterdir() if p.name not in ("progress", "shards") and not p.name.startswith(".")] \
-        if root.is_dir() else []
-    if foreign:
-        raise UserError(f"{root} already holds other files ({', '.join(sorted(foreign)[:3])}), not a pairs data set; "
-                        "choose an empty or new --out")
     (root / "progress").mkdir(parents=True, exist_ok=True)
     (root / "shards").mkdir(parents=True, exist_ok=True)
     _write_json(path, manifest)

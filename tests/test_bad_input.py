@@ -1,0 +1,119 @@
+"""Bad input across every subcommand: exit 2, one line `distilswap: error: ...` naming the problem, no
+traceback, and every file the user had (inputs and earlier outputs) byte-identical afterwards."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+import distilswap
+
+# (argv, what the one line must contain). {d} is a folder of the user's files, made fresh for each case:
+# afile (a file), bad.yaml (a syntax error), list.yaml (not a mapping), types.yaml (a wrong type), noise.png
+# (an image without a face), junk.safetensors / junk.pt / junk.npz (corrupt), experts/ (not trained).
+CASES = [
+    (["teacher", "train", "--batch-size", "0", "--out", "{d}/t"], "batch_size must be a whole number ≥ 1, got 0"),
+    (["teacher", "train", "--steps", "0", "--out", "{d}/t"], "steps must be a whole number ≥ 1, got 0"),
+    (["teacher", "train", "--lr", "-1", "--out", "{d}/t"], "lr must be a number > 0"),
+    (["teacher", "train", "--checkpoint-every", "0", "--out", "{d}/t"], "checkpoint_every must be a whole number"),
+    (["teacher", "train", "--snapshot-fractions", "0,2,abc", "--out", "{d}/t"], "snapshot_fractions must be numbers"),
+    (["teacher", "train", "--config", "{d}/bad.yaml"], "bad.yaml: not valid YAML at line 2"),
+    (["teacher", "train", "--config", "{d}/list.yaml"], "expected a mapping of training settings, got list"),
+    (["teacher", "train", "--config", "{d}/types.yaml"], "batch_size must be a whole number ≥ 1, got 'lots'"),
+    (["teacher", "train", "--config", "{d}/missing.yaml"], "missing.yaml: no such training settings file"),
+    (["teacher", "train", "--experts", "{d}/nope", "--out", "{d}/t"], "experts directory"),
+    (["teacher", "swap", "--teacher", "{d}/junk.safetensors", "--source", "a.png", "--target", "b.png", "--out", "{d}/s"],
+     "not a readable safetensors file"),
+    (["teacher", "swap", "--teacher", "{d}/none.safetensors", "--source", "a.png", "--target", "b.png", "--out", "{d}/s"],
+     "not found"),
+    (["teacher", "swap", "--source", "a.png", "--target", "b.png", "--out", "{d}/s"], "exactly one of --teacher"),
+    (["teacher", "evaluate", "--teacher", "{d}/junk.safetensors", "--judge", "{d}", "--out", "{d}/e", "--pairs", "0"],
+     "--pairs and --batch-size must be at least 1"),
+    (["teacher", "ship", "--run", "{d}", "--experts", "{d}/experts", "--out", "{d}/models"], "no training checkpoints"),
+    (["teacher", "bench", "--batch-size", "0"], "--batch-size and --repeats must be at least 1"),
+    (["pairs", "generate", "--total", "0", "--out", "{d}/p"], "--total and --shard-size must be at least 1"),
+    (["pairs", "generate", "--total", "4", "--shard-size", "0", "--out", "{d}/p"], "--total and --shard-size must be"),
+    (["pairs", "generate", "--total", "4", "--fractions", "0,2,abc", "--out", "{d}/p"], "--fractions 0,2,abc"),
+    (["pairs", "generate", "--total", "4", "--out", "{d}/afile"], "afile"),
+    (["pairs", "generate", "--total", "4", "--out", "{d}"], "already holds other files"),
+    (["pairs", "generate", "--total", "4", "--teacher", "diffface", "--out", "{d}/p"], "needs --snapshots"),
+    (["pairs", "info", "{d}"], "not a pairs data set"),
+    (["quality", "train", "--pairs", "{d}/nope", "--out", "{d}/q.safetensors"], "no such pair directory"),
+    (["quality", "score", "--pairs", "{d}", "--model", "{d}/junk.safetensors"], "not a pairs data set"),
+    (["experts", "train", "--world", "synthetic", "--out", "{d}/x", "--config", "{d}/bad.yaml"], "not valid YAML"),
+    (["experts", "train", "--world", "synthetic", "--out", "{d}/x", "--config", "{d}/list.yaml"], "expected a mapping"),
+    (["experts", "train", "--world", "synthetic", "--out", "{d}/afile", "--preset", "tiny"], "a file is in the way"),
+    (["experts", "train", "--world", "synthetic", "--out", "{d}/x", "--preset", "nope"], "unknown experts preset"),
+    (["world", "dataset", "--out", "{d}/w", "--identities", "0"], "need at least 2 identities"),
+    (["world", "dataset", "--out", "{d}/w", "--size", "7"], "--size 7 is out of range"),
+    (["world", "dataset", "--out", "{d}/afile"], "a file is in the way"),
+    (["world", "render", "--out", "{d}/afile/x.png"], "a file is in the way"),
+    (["identity", "--image", "{d}/afile", "--embedder", "{d}/experts", "--out", "{d}/i.npz"], "unknown source type"),
+    (["identity", "--dataset", "{d}/nope", "--embedder", "{d}/experts", "--out", "{d}/i.npz"], "dataset.json"),
+    (["identity", "--image", "{d}/noise.png", "--embedder", "{d}/experts", "--out", "{d}/afile"], "already exists"),
+    (["student", "build", "--out", "{d}/afile/x.safetensors"], "a file is in the way"),
+    (["student", "info", "{d}/junk.safetensors"], "not a readable safetensors file"),
+    (["student", "import", "{d}/junk.pt", "--out", "{d}/s.safetensors"], "not a readable"),
+    (["distill", "--pairs", "{d}/nope", "--out", "{d}/dd"], "no such pair directory"),
+    (["distill", "--pairs", "{d}", "--config", "{d}/bad.yaml", "--out", "{d}/dd"], "not valid YAML"),
+    (["export", "--checkpoint", "{d}/junk.safetensors", "--source", "{d}/junk.npz", "--out", "{d}/x"],
+     "not a readable safetensors file"),
+    (["export", "--checkpoint", "{d}/junk.safetensors", "--source", "{d}/junk.npz", "--out", "{d}", "--force"],
+     "not an earlier export"),
+    (["export", "verify", "{d}"], "no manifest.json"),
+    (["bench", "--checkpoint", "{d}/junk.safetensors", "--out", "{d}/b"], "not a readable safetensors file"),
+    (["bench", "--checkpoint", "{d}/none.safetensors", "--out", "{d}/b", "--runs", "0"], "--runs and --peer-runs"),
+    (["swap", "--model", "{d}/junk.safetensors", "--source", "{d}/afile", "--target", "{d}/noise.png",
+      "--out", "{d}/o.png"], "unknown source type"),
+    (["run", "--config", "{d}/missing.yaml"], "no such pipeline settings file"),
+    (["run", "--config", "{d}/bad.yaml"], "not valid YAML"),
+    (["run", "--config", "{d}/list.yaml"], "expected a mapping of pipeline settings"),
+    (["report", "{d}"], "no finished stages"),
+    (["compare", "{d}", "--out", "{d}/c"], "no eval.json"),
+]
+
+
+def _user_files(d: Path) -> None:
+    (d / "afile").write_text("x")
+    (d / "bad.yaml").write_text("steps: [1, 2\n")
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "types.yaml").write_text("batch_size: lots\n")
+    (d / "junk.safetensors").write_bytes(b"\x00" * 7)
+    (d / "junk.pt").write_bytes(b"not a pickle")
+    (d / "junk.npz").write_bytes(b"not a zip")
+    (d / "experts").mkdir()
+    from facekit.imageio import write_image
+    import numpy as np
+
+    write_image(d / "noise.png", np.random.default_rng(0).random((48, 48, 3)))
+
+
+def _snapshot(d: Path) -> dict:
+    return {p.relative_to(d): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_clear_line_and_changes_nothing(argv, message, tmp_path, capsys, monkeypatch):
+    d = tmp_path / "user"
+    d.mkdir()
+    _user_files(d)
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(d)
+    code = distilswap.main([a.format(d=d) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("distilswap: error:") and "\n" not in err, err
+    assert "Traceback" not in err and message in err, err
+    after = _snapshot(d)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file of the user's changed"
+    assert not [k for k in after if k not in before and not str(k).startswith(".")] or argv[0] == "run", \
+        f"wrote {[str(k) for k in after if k not in before]}"
+
+
+def test_the_sweep_covers_every_subcommand():
+    covered = {argv[0] for argv, _ in CASES}
+    parser = distilswap.build_parser()
+    commands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    assert commands - covered == set(), f"no bad-input case for {sorted(commands - covered)}"
+    assert len(CASES) >= 40
