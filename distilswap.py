@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from export.metadata import project_version
+
 # In data-flow order; `--help` lists subcommands in this order.
 STAGE_CLIS = ("facekit.cli", "teacher.cli", "student.cli", "distill.cli", "export.cli")
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distilswap", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"distilswap {_version()}")
+    parser.add_argument("--version", action="version", version=f"distilswap {project_version()}")
     parser.add_argument("--verbose", action="store_true",
                         help="let third-party libraries print their progress (e.g. coremltools' conversion passes)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -148,15 +150,6 @@ def _stage_key(argv: list[str]) -> str:
         if path.suffix in (".yaml", ".yml") and path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("distilswap")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _error(message: str) -> int:

@@ -135,13 +135,3 @@ def _check_weights(spec) -> list[str]:
                 elif name is not None and constants[name] != MIL_pb2.DataType.FLOAT16:
                     problems.append(f"{op.type} `{op.outputs[0].name}` weight `{name}` is not fp16")
     return problems
-
-
-def mil_op_counts(path: str | Path) -> dict[str, int]:
-    from collections import Counter
-
-    import coremltools as ct
-
-    spec = ct.utils.load_spec(str(path))
-    function = spec.mlProgram.functions["main"]
-    return dict(Counter(op.type for op in function.block_specializations[function.opset].operations))

@@ -149,13 +149,6 @@ def align_faces(
     return out
 
 
-def paste_faces(frame: np.ndarray, results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], **blend) -> np.ndarray:
-    """Paste several (face, matrix, mask) results into one frame, one after the other."""
-    for face, matrix, mask in results:
-        frame = paste_back(frame, face, matrix, mask, **blend)
-    return frame
-
-
 def crop_to_crop_transform(src_size: int, src_style: str, dst_size: int, dst_style: str) -> np.ndarray:
     """2x3 matrix taking an aligned crop of one convention to another (e.g. the teacher's FFHQ-style 256²
     to ArcFace's 112²), so an expert sees the framing it was trained on."""

@@ -229,10 +229,6 @@ class UNetModel(nn.Module):
         return self.out(h)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def load_unet_config(preset: str) -> UNetConfig:
     """A preset name (official_256, reference_small, demo_64) or a YAML file of UNetConfig fields."""
     from facekit.config import read_yaml_mapping
