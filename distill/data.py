@@ -122,6 +122,10 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
                         "regenerate the damaged shard (rerun `distilswap pairs generate`) or remove it") from None
     if len(dataset) == 0:
         raise UserError(f"{path}: no finished shards yet; let `distilswap pairs generate` finish")
+    if len(dataset) < dataset.manifest["total_pairs"]:
+        log.warning("%s: using %d of %d pairs (%d of %d shards finished); rerun `distilswap pairs generate` to "
+                    "complete the set", path, len(dataset), dataset.manifest["total_pairs"], len(dataset.shards),
+                    dataset.manifest["num_shards"])
     meta: dict[str, list[Any]] = {k: [] for k in META_KEYS}
     items: list[dict[str, torch.Tensor]] = []
     size = int(dataset.manifest["image_size"])

@@ -101,6 +101,15 @@ def finished_shards(root: str | Path) -> dict[str, dict]:
     return done
 
 
+def shard_length(path: Path) -> int | None:
+    """Pairs in a shard, or None when its header cannot be read (damaged)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int(f.get_slice("pair_index").get_shape()[0])
+    except Exception:
+        return None
+
+
 class PairDataset(torch.utils.data.Dataset):
     """All finished pairs of a data set. Item: source/target/swap float [3,S,S] in [0,1], mask [1,S,S],
     id_similarity, fraction (floats), snapshot, pair_index (ints), snapshot_id (str)."""
@@ -111,8 +120,10 @@ class PairDataset(torch.utils.data.Dataset):
         self.shards = sorted(finished_shards(root))
         self.index = []
         for name in self.shards:
-            with safe_open(str(self._path(name)), "pt") as f:
-                count = f.get_slice("pair_index").get_shape()[0]
+            count = shard_length(self._path(name))
+            if count is None:
+                raise UserError(f"{self._path(name)} is damaged: delete it and rerun `distilswap pairs generate` "
+                                "with the same settings to write it again")
             self.index += [(name, i) for i in range(count)]
         self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
 
@@ -125,8 +136,12 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         name, row = self.index[item]
         if self._cache is None or self._cache[0] != name:  # shards are read whole: sequential access is cheap
-            with safe_open(str(self._path(name)), "pt") as f:
-                self._cache = (name, {k: f.get_tensor(k) for k in f.keys()})
+            try:
+                with safe_open(str(self._path(name)), "pt") as f:
+                    self._cache = (name, {k: f.get_tensor(k) for k in f.keys()})
+            except Exception as err:  # truncated or overwritten after it was finished
+                raise UserError(f"{self._path(name)} is damaged ({type(err).__name__}): delete it and rerun "
+                                "`distilswap pairs generate` with the same settings to write it again") from None
         data = self._cache[1]
         item = {k: (v[row].float() / 255 if k in IMAGE_KEYS else v[row]) for k, v in data.items()}
         item["snapshot_id"] = self.manifest["teacher"]["snapshots"][int(item["snapshot"])]["id"]
@@ -356,6 +371,10 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     for stale in (root / "shards").glob(f"*.tmp-{writer}"):  # a write this rank was killed in
         stale.unlink(missing_ok=True)
     done = finished_shards(root)
+    for name in [n for n in done if shard_length(root / "shards" / f"{n}.safetensors") is None]:
+        log.warning("%s is damaged: writing it again", root / "shards" / f"{name}.safetensors")
+        (root / "shards" / f"{name}.safetensors").unlink()
+        del done[name]
     todo = [k for k in range(num_shards) if k % world == rank and shard_name(k) not in done]
     own_total = sum(min(shard_size, total - k * shard_size) for k in range(num_shards) if k % world == rank)
 

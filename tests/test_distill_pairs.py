@@ -57,4 +57,4 @@ def test_damaged_shard_is_refused_with_reason(pair_dir, tmp_path, capsys):
     shard.write_bytes(shard.read_bytes()[:100])
     assert main(["quality", "train", "--pairs", str(broken), "--out", str(tmp_path / "q.st")]) == 2
     err = capsys.readouterr().err
-    assert "cannot read the pair shards" in err and len(err.strip().splitlines()) == 1
+    assert f"{shard.name} is damaged: delete it and rerun" in err and len(err.strip().splitlines()) == 1

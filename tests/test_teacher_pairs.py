@@ -232,3 +232,14 @@ def test_pairs_never_mix_into_another_folder_and_refuse_empty_sets(tmp_path):
             generate_pairs(tmp_path / "new", OracleTeacher(), tiny_experts(), total=total, shard_size=shard,
                            image_size=32, progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_damaged_shard_is_named_and_the_rerun_writes_it_again(tmp_path):
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    shard = tmp_path / "shards" / "shard-000001.safetensors"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:40])  # truncated after it was finished
+    with pytest.raises(UserError, match="shard-000001.safetensors is damaged: delete it and rerun"):
+        PairDataset(tmp_path)
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    assert shard.read_bytes() == good and pair_indices(tmp_path) == list(range(8))
