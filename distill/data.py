@@ -108,7 +108,7 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
     index is its source identity (a `source_identity` tensor, when a writer adds one, is used instead). The
     ground-truth swap is used when the shards carry a `truth` tensor. Training reads pairs in random order and
     the reader caches one shard, so sets that fit in max_memory_bytes are held in memory as uint8."""
-    from teacher.pairs import PairDataset
+    from facekit.pairs import PairDataset
 
     path = Path(path)
     if not path.exists():

@@ -73,20 +73,22 @@ def _pictures(stage_dir: Path) -> list[Path]:
 def pairs_sheet(stage_dir: Path, out_png: Path, per_shard: int = 2, max_rows: int = 12) -> Path | None:
     """source | target | teacher swap | ground truth (when the pairs carry it), a few pairs of every shard
     (a diffusion teacher uses one snapshot per shard, so the rows go from early to final snapshots)."""
-    import numpy as np
-    from safetensors.numpy import load_file
+    import torch
 
     from facekit.imageio import write_image
+    from facekit.pairs import PairDataset
 
+    if not (stage_dir / "manifest.json").is_file() or not (stage_dir / "shards").is_dir():
+        return None
+    data = PairDataset(stage_dir)
+    picked = [i for i, (name, row) in enumerate(data.index) if row < per_shard][:max_rows]
     rows = []
-    for path in sorted((stage_dir / "shards").glob("*.safetensors")):
-        shard = load_file(str(path))
-        columns = [k for k in ("source", "target", "swap", "truth") if k in shard]
-        rows += [np.concatenate([shard[k][i].transpose(1, 2, 0) for k in columns], axis=1)
-                 for i in range(min(per_shard, len(shard["source"])))]
+    for i in picked:
+        item = data[i]
+        rows.append(torch.cat([item[k] for k in ("source", "target", "swap", "truth") if k in item], dim=2))
     if not rows:
         return None
-    return write_image(out_png, np.concatenate(rows[:max_rows], axis=0))
+    return write_image(out_png, torch.cat(rows, dim=1).permute(1, 2, 0).numpy())
 
 
 def _tables(stage_dir: Path) -> list[tuple[Path, str]]:

@@ -60,8 +60,16 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def durable_replace(temp: str | Path, path: str | Path) -> None:
+    """Make a finished temporary file durable (fsync), then move it over `path`: a reader, even after a power
+    cut, sees the old file or the whole new one."""
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Run write(temp_path) next to `path`, then move it into place: a crash never leaves a half file."""
+    """Run write(temp_path) next to `path`, then move it into place durably: a crash never leaves a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
@@ -69,7 +77,7 @@ def atomic_write(path: str | Path, write) -> Path:
     try:
         write(Path(temp))
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the file's permissions
-        os.replace(temp, path)
+        durable_replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -8,7 +8,6 @@ with the UNet config in the metadata; training state lives next to them (see tea
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
+from facekit.imageio import atomic_write
 from facekit.shipped import check_shipped
 
 from .unet import UNetConfig, UNetModel
@@ -103,9 +103,8 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"unet_config": json.dumps(model.config.to_dict())}
     meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    _fsync_replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=meta))
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -135,10 +134,3 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     except RuntimeError as err:
         raise UserError(f"{path}: its tensors do not fit its unet_config ({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), metadata
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    """Make the finished temp file durable, then swap it in: a reader never sees half a file."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

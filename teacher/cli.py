@@ -119,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pairs = subparsers.add_parser(
         "pairs", help="write the teacher's paired swaps as shards",
-        description="The paired data set the student is distilled from (format: teacher/pairs.py).")
+        description="The paired data set the student is distilled from (format: facekit/pairs.py).")
     pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="ACTION", required=True)
     generate = pair_commands.add_parser(
         "generate", help="generate (or resume) a sharded pairs data set", formatter_class=RAW,
@@ -372,7 +372,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     from facekit.errors import UserError
     from teacher.experts import load_experts
-    from teacher.pairs import DiffusionTeacher, OracleTeacher, check_destination, generate_pairs
+    from facekit.pairs import check_destination
+    from teacher.pairs import DiffusionTeacher, OracleTeacher, generate_pairs
 
     check_destination(args.out, args.total, args.shard_size)  # cheap checks before any model loads
     try:
@@ -413,7 +414,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from teacher.pairs import PairDataset
+    from facekit.pairs import PairDataset
 
     data = PairDataset(args.root)
     m = data.manifest

@@ -13,7 +13,6 @@ Run layout (`out/`):
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from dataclasses import asdict, dataclass, field, fields
@@ -24,9 +23,10 @@ import torch.distributed as dist
 
 from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
+from facekit.imageio import atomic_write, atomic_write_text
 from facekit.training import EMA, setup_distributed
 
-from .checkpoint import _fsync_replace, read_metadata, save_weights
+from .checkpoint import read_metadata, save_weights
 from .data import FaceSource
 from .diffusion import GaussianDiffusion
 from .experts import Experts, load_experts, to_model
@@ -264,13 +264,8 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              "rng_data": data_rng.get_state(), "config": json.dumps(config.to_dict())}
-    tmp = paths["state"].with_name(paths["state"].name + ".tmp")
-    torch.save(state, tmp)
-    _fsync_replace(tmp, paths["state"])
-    latest = out / "checkpoints" / "latest.json"
-    tmp = latest.with_name("latest.json.tmp")
-    tmp.write_text(json.dumps({"step": step}))
-    _fsync_replace(tmp, latest)
+    atomic_write(paths["state"], lambda temp: torch.save(state, temp))
+    atomic_write_text(out / "checkpoints" / "latest.json", json.dumps({"step": step}))
     kept = sorted((out / "checkpoints").glob("step_*.state.pt"))[:-config.keep_checkpoints]
     for old in kept:
         for path in _checkpoint_paths(out, int(old.name.split(".")[0][5:])).values():

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from facekit.errors import UserError
+from facekit import pairs as pair_format
+from facekit.pairs import PairDataset, finished_shards, read_manifest
 from teacher import pairs as pairs_module
-from teacher.pairs import OracleTeacher, PairDataset, finished_shards, generate_pairs, read_manifest
+from teacher.pairs import OracleTeacher, generate_pairs
 from teacher_tiny import tiny_experts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +110,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_pairs(tmp_path):
 
 
 def test_disk_full_leaves_no_shard_and_resume_works(tmp_path, monkeypatch):
-    real = pairs_module.save_file
+    real = pair_format.save_file
     calls = []
 
     def failing(tensors, filename, metadata=None):
@@ -118,11 +120,11 @@ def test_disk_full_leaves_no_shard_and_resume_works(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(pairs_module, "save_file", failing)
+    monkeypatch.setattr(pair_format, "save_file", failing)
     with pytest.raises(UserError, match="No space left on device.*rerun"):
         generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-000000.safetensors"]
-    monkeypatch.setattr(pairs_module, "save_file", real)
+    monkeypatch.setattr(pair_format, "save_file", real)
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert pair_indices(tmp_path) == list(range(8))
 
