@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 
 from facekit.arcface import resize_to
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.imageio import atomic_write, clear_temporaries
 from facekit.training import EMA, setup_distributed
 from distill.data import PairList, split_by_identity
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
@@ -360,6 +360,7 @@ def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.o
             scaler: torch.amp.GradScaler, config: DistillConfig, device: torch.device) -> int:
     """Load run_dir's checkpoint if there is one -> the step to continue from (0 for a fresh run)."""
     path = run_dir / CHECKPOINT
+    clear_temporaries(path)  # a save killed mid-way (SIGKILL) leaves one
     if not path.is_file():
         return 0
     try:

@@ -106,6 +106,16 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
+def clear_temporaries(path: str | Path) -> int:
+    """Remove what an atomic write of `path` killed mid-way left behind (call it where one process owns the
+    file, e.g. when a run resumes); returns how many."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.stem}.*{path.suffix}")) if path.parent.is_dir() else []
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
 

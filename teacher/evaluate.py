@@ -60,11 +60,16 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
     job = synthetic_job(seed, pairs, size)
     rows = {"target (floor)": _score(job.target, job, judge, experts.parser),
             "truth (ceiling)": _score(job.truth, job, judge, experts.parser)}
-    swaps = {}
+    swaps, done, same_as = {}, {}, {}
     from tqdm import tqdm
 
     for name, overrides in tqdm(variants.items(), desc="teacher evaluate", unit="variant"):
         variant = dataclasses.replace(config, **overrides)
+        key = json.dumps(variant.to_dict(), sort_keys=True)
+        if key in done:  # e.g. "full" is "+ identity + semantic" when gaze and the target MSE are off
+            rows[name], same_as[name] = rows[done[key]], done[key]
+            continue
+        done[key] = name
         generator = torch.Generator().manual_seed(seed)
         out = []
         for start in range(0, pairs, batch_size):
@@ -76,8 +81,21 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
         swaps[name] = torch.cat(out)
         rows[name] = _score(swaps[name], job, judge, experts.parser)
     full = "full" if "full" in rows else next(iter(variants))
-    return {"rows": rows, "criteria": criteria(rows, full), "config": config.to_dict(),
-            "variants": variants, "pairs": pairs, "seed": seed}, swaps, job
+    return {"rows": rows, "criteria": criteria(rows, full), "config": config.to_dict(), "variants": variants,
+            "same_as": same_as, "pairs": pairs, "seed": seed}, swaps, job
+
+
+@torch.no_grad()
+def unguided_samples(model: nn.Module, experts: Experts, count: int = 16, steps: int = 50,
+                     seed: int = HELD_OUT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out faces, the teacher's samples from pure noise conditioned on each face's identity), [0,1]:
+    does the teacher generate faces, and faces of the right person?"""
+    job = synthetic_job(seed, count, model.config.image_size)
+    faces = to_model(job.source)
+    config = SwapConfig(respacing=steps, skip=0, sampler="ddim", **OFF, mask_ramp=1)
+    result = guided_swap(model, experts, faces, faces, config, mask=torch.ones_like(faces[:, :1]),
+                         generator=torch.Generator().manual_seed(seed))
+    return job.source, (result.swap + 1) / 2
 
 
 def criteria(rows: dict[str, dict[str, float]], name: str) -> list[dict]:
@@ -91,6 +109,15 @@ def criteria(rows: dict[str, dict[str, float]], name: str) -> list[dict]:
             for c, v, op, b in checks]
 
 
+def write_samples(faces: torch.Tensor, samples: torch.Tensor, path: str | Path) -> Path:
+    """Two rows per eight: the faces whose identity conditions the samples, then the samples."""
+    from torchvision.utils import make_grid
+
+    rows = [t for k in range(0, faces.shape[0], 8) for t in (faces[k:k + 8], samples[k:k + 8])]
+    grid = make_grid(torch.cat(rows), nrow=8, padding=2, pad_value=1.0)
+    return write_image(path, grid.permute(1, 2, 0).numpy())
+
+
 def write_report(results: dict, swaps: dict[str, torch.Tensor], job, out: str | Path, sheet_pairs: int = 8) -> Path:
     """eval.md (table + criteria), eval.json and sheet.png (source | target | truth | each variant)."""
     from torchvision.utils import make_grid
@@ -99,7 +126,9 @@ def write_report(results: dict, swaps: dict[str, torch.Tensor], job, out: str | 
     lines = ["# Teacher on held-out synthetic pairs", "",
              f"{results['pairs']} pairs (world seed {results['seed']}); identity judged by an embedder the teacher "
              "and its guidance never saw. Floor: the target unchanged; ceiling: the exact swap.", "",
-             format_table(results["rows"]), "", "| check (full sampler) | value | bound | |", "|---|---:|---:|---|"]
+             format_table(results["rows"]), ""]
+    lines += [f"`{name}` is the same sampler as `{other}`." for name, other in results["same_as"].items()]
+    lines += ["", "| check (full sampler) | value | bound | |", "|---|---:|---:|---|"]
     lines += [f"| {c['check']} | {c['value']:.4f} | {c['op']} {c['bound']:.4f} | {'ok' if c['ok'] else 'FAIL'} |"
               for c in results["criteria"]]
     atomic_write_text(out / "eval.md", "\n".join(lines) + "\n")

@@ -61,3 +61,15 @@ def test_corrupt_truncated_and_missing_files_name_the_file(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["cut.jpg", "good.jpg", "junk.png"]
     with pytest.raises(UserError, match="suffix"):
         write_image(tmp_path / "x.txt", _gradient())
+
+
+def test_clear_temporaries_removes_only_what_a_killed_atomic_write_left(tmp_path):
+    from facekit.imageio import atomic_write_text, clear_temporaries
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_text(target, "kept")
+    (tmp_path / ".checkpoint.k2j3h4.pt").write_text("half")  # what SIGKILL mid-save leaves
+    (tmp_path / ".other.abc.pt").write_text("someone else's")
+    assert clear_temporaries(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.pt", "checkpoint.pt"]
+    assert target.read_text() == "kept" and oct(target.stat().st_mode & 0o777) != oct(0o600)

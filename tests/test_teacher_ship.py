@@ -85,3 +85,4 @@ def test_evaluate_scores_swaps_against_the_truth_with_floor_ceiling_and_ablation
             "identity similarity to the source (judge)", "face L1 vs truth", "background L1 vs target"]
         assert (out / preset / "sheet.png").stat().st_size > 0
     assert "| check (full sampler) |" in (out / "demo" / "eval.md").read_text()
+    assert (out / "samples.png").stat().st_size > 0  # unguided samples conditioned on held-out identities
