@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from facekit.identity import resolve_identity
+from export import layout
 from export.metadata import artifact_metadata, set_onnx_metadata
 from export.verify import MANIFEST, REFERENCE, WEIGHT_PREFIX, Verification, verify_export, write_report
 from facekit.errors import UserError
@@ -135,25 +136,25 @@ def write_artifacts(
     model.eval()
     net = model.bake(embedding, feature_map)
     meta = lambda kind, who=identity, **extra: artifact_metadata(checkpoint_sha256, who, resolution, {"artifact": kind, **extra})  # noqa: E731
-    baked = f"swapper_{identity}.onnx"
+    baked = layout.baked(identity)
     steps = ["injector", "dynamic", "baked"] + [f for f in ("ort", "int8", "coreml") if f in formats]
     artifacts: dict[str, dict] = {}
     reference = _reference(model, net, embedding, feature_map, resolution)
     for step in tqdm(steps, desc="export", unit="artifact"):
         if step == "injector":
-            onnx_export.export_injector(model, directory / "injector.onnx", meta("injector", "(input)"))
-            artifacts["injector.onnx"] = {"kind": "injector"}
+            onnx_export.export_injector(model, directory / layout.INJECTOR, meta("injector", "(input)"))
+            artifacts[layout.INJECTOR] = {"kind": "injector"}
         elif step == "dynamic":
-            onnx_export.export_dynamic(model, directory / "swapper_dynamic.onnx", meta("swapper_dynamic", "(input)"))
-            artifacts["swapper_dynamic.onnx"] = {"kind": "swapper_dynamic"}
+            onnx_export.export_dynamic(model, directory / layout.DYNAMIC, meta("swapper_dynamic", "(input)"))
+            artifacts[layout.DYNAMIC] = {"kind": "swapper_dynamic"}
         elif step == "baked":
             onnx_export.export_baked(net, directory / baked, meta("swapper_baked"), resolution)
             artifacts[baked] = {"kind": "swapper_baked"}
         elif step == "ort":
             from export.quantize import ORT_LEVEL, to_ort_format
 
-            to_ort_format(directory / baked, directory / f"swapper_{identity}.ort")
-            artifacts[f"swapper_{identity}.ort"] = {"kind": "swapper_ort", "optimization": ORT_LEVEL}
+            to_ort_format(directory / baked, directory / layout.ort(identity))
+            artifacts[layout.ort(identity)] = {"kind": "swapper_ort", "optimization": ORT_LEVEL}
         elif step == "int8":
             artifacts.update(_int8(directory, baked, net, identity, calibration, resolution, reference, meta))
         elif step == "coreml":
@@ -185,7 +186,7 @@ def _int8(directory, baked, net, identity, calibration, resolution, reference, m
     crops, source = calibration_crops(calibration, resolution)
     held_out = min(INT8_EVAL_CROPS, len(crops) // 4)  # measure on crops the calibration did not see, when there are enough
     calibrate, evaluate = (crops[:-held_out], crops[-held_out:]) if held_out else (crops, crops[:INT8_EVAL_CROPS])
-    name = f"swapper_{identity}_int8.onnx"
+    name = layout.int8(identity)
     quantize_int8(directory / baked, directory / name, calibrate)
     where = "held-out crops" if held_out else "calibration crops (too few to hold some out)"
     note = f"calibrated on {len(calibrate)} of {source}; error on {len(evaluate)} {where}"
@@ -222,7 +223,7 @@ def _drop_failed_int8(directory: Path, result: Verification) -> Verification:
 def _coreml(directory, net, identity, resolution, meta) -> dict[str, dict]:
     from export.coreml_export import export_coreml, palettize
 
-    full, small = f"swapper_{identity}.mlpackage", f"swapper_{identity}_palettized.mlpackage"
+    full, small = layout.coreml(identity), layout.coreml(identity, palettized=True)
     model = export_coreml(net, directory / full, meta("coreml"), resolution)
     palettize(model, directory / small, meta("coreml_palettized"))
     shutil.copyfile(MAC_CHECK, directory / MAC_CHECK.name)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export import layout
 from facekit.errors import UserError
 
+BENCH_NAME = "bench"  # the identity name of the bench's own export
 RANDOM_IDENTITY_SEED = 0
 SESSION_REPEATS = 3
 TARGETS = {
@@ -151,7 +153,7 @@ def run_bench(options: BenchOptions) -> dict:
     # artifacts (verified) and the peer graph
     formats = ("onnx", "ort", *(("int8",) if options.calibration else ()), *(("coreml",) if options.coreml else ()))
     artifacts_dir = out / "artifacts"
-    verification = export_artifacts(options.checkpoint, source, artifacts_dir, formats, name="bench", force=True,
+    verification = export_artifacts(options.checkpoint, source, artifacts_dir, formats, name=BENCH_NAME, force=True,
                                      calibration=options.calibration)
     peer_path = export_graph(peer, (target, latent), out / "peer_simswap.onnx", ("target", "latent"), ("image",),
                              {"artifact": "peer", "architecture": "SimSwap Generator_Adain_Upsample (random weights)"})
@@ -159,7 +161,7 @@ def run_bench(options: BenchOptions) -> dict:
     files[peer_path.name] = peer_path
     report["file_bytes"] = {name: file_size(path) for name, path in sorted(files.items())}
     int8_check = next((c for c in verification.checks if c.check.startswith("int8 mean abs")), None)
-    int8_skipped = verification.skipped.get("swapper_bench_int8.onnx")
+    int8_skipped = verification.skipped.get(layout.int8(BENCH_NAME))
     report["int8_mean_abs_error"] = (int8_check.value if int8_check else int8_skipped["value"] if int8_skipped else None)
     if int8_skipped:
         formats = tuple(f for f in formats if f != "int8")  # missed its bound: measured, not timed
@@ -168,7 +170,7 @@ def run_bench(options: BenchOptions) -> dict:
     x = target.numpy()
     with torch.no_grad():
         weights = {k: v[0].numpy() for k, v in model.identity_weights(embedding, feature_map).items()}
-    baked, dynamic = artifacts_dir / "swapper_bench.onnx", artifacts_dir / "swapper_dynamic.onnx"
+    baked, dynamic = artifacts_dir / layout.baked(BENCH_NAME), artifacts_dir / layout.DYNAMIC
     feeds = {"embedding": embedding.numpy(), "feature_map": feature_map.numpy()}
     latency: dict[str, dict] = {}
     creation: dict[str, float] = {}
@@ -178,13 +180,13 @@ def run_bench(options: BenchOptions) -> dict:
             "baked": ort_session(baked, "all", threads),
             "dynamic": ort_session(dynamic, "all", threads),
             "baked_add_initializer": identity_session(baked, weights, "all", threads),
-            "ort_format": ort_session(artifacts_dir / "swapper_bench.ort", "disable", threads),
+            "ort_format": ort_session(artifacts_dir / layout.ort(BENCH_NAME), "disable", threads),
         }
         if "int8" in formats:
-            sessions["int8"] = ort_session(artifacts_dir / "swapper_bench_int8.onnx", "all", threads)
+            sessions["int8"] = ort_session(artifacts_dir / layout.int8(BENCH_NAME), "all", threads)
         calls = {f"ort_{name}_{t}": (lambda s=session, w=weights if name == "dynamic" else None: run_swapper(s, x, w))
                  for name, session in sessions.items()}
-        injector = ort_session(artifacts_dir / "injector.onnx", "all", threads)
+        injector = ort_session(artifacts_dir / layout.INJECTOR, "all", threads)
         calls[f"ort_injector_{t}"] = lambda: injector.run(None, feeds)
         calls[f"torch_eager_baked_{t}"] = lambda: net(target)
         calls[f"torch_eager_injector_{t}"] = lambda: model.identity_weights(embedding, feature_map)
@@ -200,7 +202,7 @@ def run_bench(options: BenchOptions) -> dict:
         latency.update(time_interleaved(paired, options.peer_runs, min(options.warmup, 2), f"SimSwap-class {t}"))
     creation["baked"] = session_creation_ms(lambda: ort_session(baked, "all", 1))
     creation["dynamic"] = session_creation_ms(lambda: ort_session(dynamic, "all", 1))
-    creation["ort_format"] = session_creation_ms(lambda: ort_session(artifacts_dir / "swapper_bench.ort", "disable", 1))
+    creation["ort_format"] = session_creation_ms(lambda: ort_session(artifacts_dir / layout.ort(BENCH_NAME), "disable", 1))
     creation["baked_add_initializer"] = session_creation_ms(lambda: identity_session(baked, weights, "all", 1))
     creation["peer_simswap"] = session_creation_ms(lambda: ort_session(peer_path, "all", 1))
     report["machine"]["load_average_after"] = os.getloadavg()[0]
@@ -246,8 +248,8 @@ def _targets(report: dict) -> dict[str, dict]:
     measured = {
         "baked_p50_ms_1_thread": latency.get("ort_baked_1t", {}).get("p50_ms"),
         "dynamic_over_baked": ratios.get("dynamic_over_baked_1t"),
-        "coreml_palettized_mb": sizes.get("swapper_bench_palettized.mlpackage", None),
-        "int8_onnx_mb": sizes.get("swapper_bench_int8.onnx", None),
+        "coreml_palettized_mb": sizes.get(layout.coreml(BENCH_NAME, palettized=True), None),
+        "int8_onnx_mb": sizes.get(layout.int8(BENCH_NAME), None),
         "int8_mean_abs_error": report.get("int8_mean_abs_error"),
     }
     for key in ("coreml_palettized_mb", "int8_onnx_mb"):

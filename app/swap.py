@@ -12,6 +12,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from export import layout
+from export.onnx_export import ort_session
 from facekit.errors import UserError
 from facekit.smoothing import OneEuroFilter
 
@@ -58,12 +60,8 @@ class OnnxSwapper:
     the identity weights an injector produced."""
 
     def __init__(self, path: str | Path, identity_weights: dict[str, np.ndarray] | None = None, threads: int = 0):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, "all", threads)
         except Exception as err:  # ORT raises its own types for foreign/corrupt files
             raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         inputs = self.session.get_inputs()
@@ -128,7 +126,7 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None) -> CropSwa
     """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder."""
     model = Path(model)
     if model.is_dir():
-        model = model / "swapper_dynamic.onnx"
+        model = model / layout.DYNAMIC
     if not model.is_file():
         raise UserError(f"{model}: no such model (a student .safetensors, an exported .onnx, or an export folder)")
     if model.suffix == ".safetensors":
@@ -136,7 +134,7 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None) -> CropSwa
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
-        return OnnxSwapper(model, _injected_weights(model.parent / "injector.onnx", identity))
+        return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity))
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
 
 
@@ -144,9 +142,7 @@ def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[
     """Identity weights from the exported injector next to a dynamic swapper (None when not applicable)."""
     if identity is None or not injector.is_file():
         return None
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(injector), providers=["CPUExecutionProvider"])
+    session = ort_session(injector, "all")
     embedding, feature_map = (t.numpy().astype(np.float32) for t in identity)
     names = [i.name for i in session.get_inputs()]
     outputs = session.run(None, dict(zip(names, (embedding, feature_map))))

@@ -1,0 +1,1 @@
+"""The face-swap app: photos and videos through a student checkpoint or an exported model (`distilswap swap`)."""
