@@ -236,6 +236,7 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
         if len(dataset) == 0:
             raise UserError(f"data set {data} is empty")
     claim(root, manifest)
+    lock = _lock(root / "progress" / f".lock-rank-{rank:05d}")  # held until this process ends
     progress_path = root / "progress" / f"rank-{rank:05d}.json"
     mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
     writer = f"rank{rank:05d}"
@@ -269,7 +270,22 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
         dropped += len(drops)
         bar.update(count)
     bar.close()
+    lock.close()
     return {"written": written, "dropped": dropped, "shards": len(todo)}
+
+
+def _lock(path: Path):
+    """One writer per rank and folder: a second `pairs generate` into the same --out is refused."""
+    import fcntl
+
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another `pairs generate` is writing into {path.parent.parent}; wait for it to finish "
+                        "(or stop it) and rerun, or choose another --out") from None
+    return handle
 
 
 def _make_shard(teacher: Teacher, experts, job: PairJob, k: int, shard_size: int, snapshot: int | None,

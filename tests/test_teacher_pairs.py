@@ -245,3 +245,14 @@ def test_a_damaged_shard_is_named_and_the_rerun_writes_it_again(tmp_path):
         PairDataset(tmp_path)
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert shard.read_bytes() == good and pair_indices(tmp_path) == list(range(8))
+
+
+def test_a_second_writer_into_the_same_folder_is_refused(tmp_path):
+    from teacher.pairs import _lock
+
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=4, shard_size=4, image_size=32, progress=False)
+    held = _lock(tmp_path / "progress" / ".lock-rank-00000")  # as a running writer holds it
+    with pytest.raises(UserError, match="another `pairs generate` is writing into"):
+        generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=4, shard_size=4, image_size=32, progress=False)
+    held.close()
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=4, shard_size=4, image_size=32, progress=False)
