@@ -25,8 +25,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_root(path: str | Path) -> Path | None:
-    """The folder whose manifest lists `path`, if any."""
+def shipped_root(path: str | Path) -> tuple[Path, dict] | None:
+    """(the folder above `path` holding a shipped-models manifest, that manifest), if any."""
     path = Path(path).absolute()
     for folder in path.parents:
         manifest = folder / MANIFEST
@@ -36,17 +36,17 @@ def shipped_root(path: str | Path) -> Path | None:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and data.get("format") == FORMAT:
-                return folder
+                return folder, data
     return None
 
 
 def check_shipped(path: str | Path) -> None:
     """Refuse a shipped file (or folder of them) that is missing or does not match its manifest's sha256."""
     path = Path(path)
-    root = shipped_root(path)
-    if root is None:
+    found = shipped_root(path)
+    if found is None:
         return
-    files = json.loads((root / MANIFEST).read_text())["files"]
+    root, files = found[0], found[1]["files"]
     relative = path.absolute().relative_to(root).as_posix()
     listed = {name: entry for name, entry in files.items() if name == relative or name.startswith(relative + "/")}
     if not listed:

@@ -336,7 +336,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from facekit.identity import load_embedder
     from facekit.imageio import make_dir
     from teacher.checkpoint import load_teacher
-    from teacher.evaluate import HELD_OUT_SEED, ablation, evaluate_teacher, write_report
+    from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
+                                  write_samples)
     from teacher.experts import load_experts
     from teacher.sampling import load_swap_config
 
@@ -345,8 +346,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, _ = load_teacher(args.teacher, args.device)
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     judge = load_embedder(args.judge)
-    from teacher.evaluate import unguided_samples, write_samples
-
     make_dir(args.out)
     write_samples(*unguided_samples(model, experts, seed=HELD_OUT_SEED if args.seed is None else args.seed),
                   Path(args.out) / "samples.png")
