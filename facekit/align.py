@@ -110,6 +110,7 @@ def paste_back(
 ) -> np.ndarray:
     """Blend an aligned (swapped) crop back into `frame` (uint8 HxWx3) through the inverse warp.
 
+    Only the frame region the crop lands on is warped and blended (a face is a few percent of a video frame).
     Blending happens in float and is rounded once, so untouched pixels keep their exact value (mask 0 ->
     frame bytes unchanged) and no colour is clipped or shifted. Returns a new array.
     """
@@ -119,11 +120,28 @@ def paste_back(
         mask = np.ones((size_h, size_w), np.float32)
     alpha_crop = soft_paste_mask(mask.reshape(size_h, size_w), erode, blur, border_fade)
     inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
-    h, w = frame.shape[:2]
-    warped = cv2.warpAffine(face.astype(np.float32), inverse, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
-    alpha = cv2.warpAffine(alpha_crop, inverse, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
-    blended = frame.astype(np.float32) * (1.0 - alpha) + warped * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
+    region = _landing_region(inverse, size_w, size_h, frame.shape[1], frame.shape[0])
+    out = frame.copy()
+    if region is None:
+        return out
+    x0, y0, x1, y1 = region
+    shifted = inverse.copy()
+    shifted[:, 2] -= (x0, y0)  # warp straight into the region
+    warped = cv2.warpAffine(face.astype(np.float32), shifted, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
+    alpha = cv2.warpAffine(alpha_crop, shifted, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
+    blended = out[y0:y1, x0:x1].astype(np.float32) * (1.0 - alpha) + warped * alpha
+    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
+    return out
+
+
+def _landing_region(inverse: np.ndarray, crop_w: int, crop_h: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Pixel box (x0, y0, x1, y1) of the frame that a crop warped by `inverse` covers, one pixel of margin for
+    bilinear taps; None when it lies outside the frame."""
+    corners = np.array([[0, 0, 1], [crop_w, 0, 1], [0, crop_h, 1], [crop_w, crop_h, 1]], dtype=np.float64) @ inverse.T
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
 
 
 def align_faces(

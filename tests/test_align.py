@@ -59,6 +59,26 @@ def test_warp_then_paste_back_restores_the_face_and_leaves_the_rest_untouched():
     assert np.abs(restored[inside[:, 1], inside[:, 0]].astype(int) - frame[inside[:, 1], inside[:, 0]]).max() <= 3
 
 
+@pytest.mark.parametrize("shift", [(500.0, 300.0), (-60.0, 500.0), (5000.0, 5000.0)])
+def test_pasting_only_the_face_region_equals_blending_the_whole_frame(shift):
+    """Video pastes warp just the region a face lands on; the frame must come out as a full-frame blend would
+    give it, also for a face partly or wholly outside the frame."""
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8), (0, 0), 2)
+    points, _ = _rotated_landmarks(11.0, 2.2, shift)
+    matrix = estimate_transform(points, 224)
+    face = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    mask = np.zeros((224, 224), np.float32)
+    mask[40:190, 50:180] = 1.0
+    out = paste_back(frame, face, matrix, mask)
+    inverse = cv2.invertAffineTransform(matrix)
+    warped = cv2.warpAffine(face.astype(np.float32), inverse, (1280, 720), flags=cv2.INTER_LINEAR)
+    alpha = cv2.warpAffine(soft_paste_mask(mask), inverse, (1280, 720), flags=cv2.INTER_LINEAR)[..., None]
+    whole = np.clip(np.rint(frame * (1.0 - alpha) + warped * alpha), 0, 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - whole).max() <= 1
+    assert np.array_equal(out[alpha[..., 0] == 0], frame[alpha[..., 0] == 0])
+
+
 def test_soft_mask_fades_to_zero_at_the_crop_border():
     alpha = soft_paste_mask(np.ones((64, 64)), erode=0, blur=0, border_fade=10)
     assert alpha[0].max() == 0 and alpha[:, -1].max() == 0 and alpha[32, 32] == 1
