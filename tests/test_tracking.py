@@ -1,0 +1,111 @@
+"""Video face tracking: landmarks followed between key frames stay where per-frame detection puts them, scene
+cuts and lost faces trigger a new detection, and the decode/swap/encode threads pass errors on."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.tracking import FaceTracker, TrackerSettings
+from facekit.detect import DlibDetector
+from facekit.imageio import read_image
+from facekit.video import read_ahead
+
+insightface = pytest.importorskip("insightface")
+GROUP = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return DlibDetector(upsample=0)
+
+
+@pytest.fixture(scope="module")
+def face_patch():
+    """The group photo's most frontal face with its surroundings, scaled to ~200 px wide (a 720p close-up)."""
+    image = read_image(GROUP)
+    x0, y0, x1, y1 = DlibDetector().detect(image)[1].bbox.astype(int)
+    pad = x1 - x0
+    patch = image[y0 - pad : y1 + pad, x0 - pad : x1 + pad]
+    return cv2.resize(patch, None, fx=600 / patch.shape[0], fy=600 / patch.shape[0]), cv2.resize(cv2.GaussianBlur(image, (0, 0), 8), (1280, 720))
+
+
+def _moving_clip(face_patch, frames: int, phase: float = 0.0, background=None) -> list[np.ndarray]:
+    """The face gliding (up to 22 px a frame), turning (±6°) and zooming (±15 %) over a blurred background at
+    720p."""
+    patch, blurred = face_patch
+    background = blurred if background is None else background
+    out = []
+    for i in range(frames):
+        a = phase + i / 90 * 2 * np.pi
+        matrix = cv2.getRotationMatrix2D((patch.shape[1] / 2, patch.shape[0] / 2), 6 * np.sin(1.5 * a), 1 + 0.15 * np.sin(a))
+        matrix[:, 2] += [640 + 320 * np.sin(a) - patch.shape[1] / 2, 360 + 72 * np.cos(2 * a) - patch.shape[0] / 2]
+        face = cv2.warpAffine(patch, matrix, (1280, 720))
+        alpha = cv2.warpAffine(np.ones(patch.shape[:2], np.float32), matrix, (1280, 720))[..., None]
+        out.append((background * (1 - alpha) + face * alpha).astype(np.uint8))
+    return out
+
+
+def _error_px(faces, reference) -> float:
+    """Mean distance of the 68 landmarks to those of per-frame detection at full resolution."""
+    return float(np.linalg.norm(faces[0].landmarks68 - reference[0].landmarks68, axis=1).mean())
+
+
+def test_tracked_landmarks_stay_within_2_px_of_per_frame_detection(detector, face_patch):
+    clip = _moving_clip(face_patch, 16)
+    tracker = FaceTracker(detector, detector.predictor, TrackerSettings(every=8))
+    errors = []
+    for frame in clip:
+        faces = tracker(frame)
+        assert len(faces) == 1
+        errors.append(_error_px(faces, detector.detect(frame)))
+    assert tracker.stats.key_frames == 2 and tracker.stats.lost == 0
+    assert max(errors) <= 2.0, errors
+
+
+def test_a_scene_cut_and_a_vanished_face_bring_detection_back(detector, face_patch):
+    first = _moving_clip(face_patch, 3)
+    second = _moving_clip(face_patch, 3, phase=np.pi, background=255 - face_patch[1])  # a new shot, face elsewhere
+    tracker = FaceTracker(detector, detector.predictor, TrackerSettings(every=100))
+    for frame in first:
+        assert len(tracker(frame)) == 1
+    faces = tracker(second[0])
+    assert tracker.stats.cuts == 1 and tracker.stats.key_frames == 2
+    assert _error_px(faces, detector.detect(second[0])) <= 2.0
+    background = face_patch[1]
+    assert tracker(background) == []  # the face is gone (a cut here too: detected, nothing found)
+    assert tracker(second[1]) != []  # and back: with no track, every frame is a key frame
+    faces = tracker(second[2])
+    assert len(faces) == 1 and _error_px(faces, detector.detect(second[2])) <= 2.0
+
+
+def test_a_face_covered_while_tracked_is_reported_lost(detector, face_patch):
+    clip = _moving_clip(face_patch, 2)
+    tracker = FaceTracker(detector, detector.predictor, TrackerSettings(every=100, cut=255))
+    tracker(clip[0])
+    covered = clip[1].copy()
+    x0, y0, x1, y1 = tracker.tracks[0].box().astype(int)
+    covered[max(y0, 0) : y1, max(x0, 0) : x1] = np.random.default_rng(0).integers(0, 256, (y1 - max(y0, 0), x1 - max(x0, 0), 3))
+    assert tracker(covered) == [] and tracker.stats.lost == 1
+
+
+def test_read_ahead_passes_items_in_order_raises_producer_errors_and_stops_with_the_consumer():
+    assert list(read_ahead(range(50), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("decoding failed")
+
+    with pytest.raises(ValueError, match="decoding failed"):
+        list(read_ahead(failing()))
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in read_ahead(counting(), depth=2):
+        if item == 5:
+            break
+    assert len(produced) < 20  # the producer stopped soon after the consumer
