@@ -65,6 +65,8 @@ CASES = [
     (["bench", "--checkpoint", "{d}/none.safetensors", "--out", "{d}/b", "--runs", "0"], "--runs and --peer-runs"),
     (["swap", "--model", "{d}/junk.safetensors", "--source", "{d}/afile", "--target", "{d}/noise.png",
       "--out", "{d}/o.png"], "unknown source type"),
+    (["swap", "--model", "{d}/junk.safetensors", "--target", "{d}/noise.png", "--out", "{d}/o.mp4", "--detect-every", "0"],
+     "--detect-every 0"),
     (["run", "--config", "{d}/missing.yaml"], "no such pipeline settings file"),
     (["run", "--config", "{d}/bad.yaml"], "not valid YAML"),
     (["run", "--config", "{d}/list.yaml"], "expected a mapping of pipeline settings"),
