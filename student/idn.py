@@ -23,9 +23,27 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
 
 
-def build_final_head(channels: int) -> nn.Sequential:
-    """Indices match the official `final` Sequential, so checkpoint names (`final.1.weight`, ...) line up."""
-    return nn.Sequential(
+class FinalHead(nn.Sequential):
+    """Upsample, 1x1 conv + BN + LeakyReLU, then the RGB convs; indices match the official `final` Sequential,
+    so checkpoint names (`final.1.weight`, ...) line up.
+
+    In eval mode the 1x1 conv and its BatchNorm (then a per-pixel affine map) run before the upsampling: they
+    commute with it exactly (bilinear weights sum to one), so this is the same function with the upsampling on
+    a quarter of the channels and the conv on a quarter of the pixels. Training keeps the official order (batch
+    statistics would differ)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        upsample, conv, norm, activation, *rgb = self
+        x = activation(upsample(norm(conv(x))))
+        for layer in rgb:
+            x = layer(x)
+        return x
+
+
+def build_final_head(channels: int) -> FinalHead:
+    return FinalHead(
         nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=True),
         nn.Conv2d(channels, channels // 4, 1),
         nn.BatchNorm2d(channels // 4),
