@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--detect-width", type=int, default=TrackerSettings.detect_width, metavar="PX",
                       help="videos: key frames are detected at this width; the offline detector misses faces narrower "
                       "than ~1/8 of it (default %(default)s)")
+    swap.add_argument("--x264-preset", default="veryfast", metavar="NAME",
+                      help="videos: x264 speed/size trade-off (ultrafast ... veryslow; default %(default)s)")
     swap.add_argument("--stats", action="store_true", help="videos: print the frame rate and the ms per frame of each stage")
     swap.add_argument("--compare", action="store_true", help="photos: write source | target | result side by side")
     swap.add_argument("--force", action="store_true", help="overwrite an existing --out")
@@ -47,18 +49,21 @@ def _swap(args: argparse.Namespace) -> int:
     from facekit.errors import UserError
     from facekit.identity import resolve_identity
     from facekit.imageio import IMAGE_SUFFIXES, read_image, write_image
-    from facekit.video import VIDEO_SUFFIXES
+    from facekit.video import VIDEO_SUFFIXES, X264_PRESETS
     from app.swap import FaceSwapRun, open_swapper, side_by_side
 
     if Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out} already exists; pass --force to overwrite it")
+    if args.x264_preset not in X264_PRESETS:
+        raise UserError(f"--x264-preset {args.x264_preset}: not one of {', '.join(X264_PRESETS)}")
     if args.detect_every < 1 or args.detect_width < 32:
         raise UserError(f"--detect-every {args.detect_every} / --detect-width {args.detect_width}: need >= 1 and >= 32")
     detector = make_detector(args.models_dir)
     identity = resolve_identity(args.source, args.embedder, detector=detector)[1:] if args.source else None
-    swapper = open_swapper(args.model, identity)
     target = Path(args.target)
-    if target.suffix.lower() in VIDEO_SUFFIXES:
+    video = target.suffix.lower() in VIDEO_SUFFIXES
+    swapper = open_swapper(args.model, identity, threads=1 if video else 0)
+    if video:
         _swap_video(args, target, detector, swapper)
     else:
         frame = read_image(target)
@@ -74,7 +79,8 @@ def _swap(args: argparse.Namespace) -> int:
 
 
 def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
-    """Decode, track + swap and encode in three overlapping threads."""
+    """Decode, track + swap and encode in three overlapping threads (a fourth, tracking apart from swapping,
+    measured slower on 2 cores: the threads then mostly wait for the GIL)."""
     import copy
 
     from tqdm import tqdm
@@ -95,7 +101,7 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
     swapped = read_ahead(run(frame)[0] for frame in frames)
     shown = tqdm(run.clock.timed(swapped, "encode: waiting"), total=info.frames or None, unit="frame", desc="swap")
     with run.clock.stage("encode: total"):
-        write_video(args.out, shown, info.fps, audio_from=target)
+        write_video(args.out, shown, info.fps, audio_from=target, preset=args.x264_preset)
     if args.stats:
         print(run.clock.table(tracker.stats.frames))
         print(f"  key frames {tracker.stats.key_frames} (scene cuts {tracker.stats.cuts}, lost tracks {tracker.stats.lost})")

@@ -88,9 +88,19 @@ class OnnxSwapper:
 
 
 @dataclass
+class Prepared:
+    """A frame with its aligned face crops, between tracking and swapping."""
+
+    frame: np.ndarray
+    transforms: list[np.ndarray]
+    crops: list[np.ndarray]
+
+
+@dataclass
 class FaceSwapRun:
     """Swaps every selected face of each frame; keeps per-face landmark filters for videos. The detector is a
-    `FaceDetector.detect` for photos, a `FaceTracker` for videos."""
+    `FaceDetector.detect` for photos, a `FaceTracker` for videos. `prepare` (find and align the faces) and
+    `finish` (swap and paste back) are separate so a video can run them in different threads."""
 
     detector: Callable[[np.ndarray], Sequence]
     swapper: CropSwapper
@@ -100,35 +110,44 @@ class FaceSwapRun:
     _filters: dict[int, OneEuroFilter] = field(default_factory=dict)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
-        from facekit.align import estimate_transform, paste_back, warp_face
+        prepared = self.prepare(frame)
+        return self.finish(prepared), len(prepared.crops)
+
+    def prepare(self, frame: np.ndarray) -> Prepared:
+        from facekit.align import estimate_transform, warp_face
 
         with self.clock.stage("detect/track"):
             faces = self.detector(frame)  # largest first: the FaceDetector contract
         if self.face_index is not None:
             faces = [faces[self.face_index]] if self.face_index < len(faces) else []
-        if not faces:
-            return frame, 0
-        size = self.swapper.size
-        transforms, crops = [], []
+        prepared = Prepared(frame, [], [])
         with self.clock.stage("align"):
             for slot, face in enumerate(faces):
                 landmarks = np.asarray(face.landmarks5, dtype=np.float64)
                 if self.smooth_rate:
                     landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
-                matrix = estimate_transform(landmarks, size, mode=ALIGN_MODE)
-                transforms.append(matrix)
-                crops.append(warp_face(frame, matrix, size))
+                matrix = estimate_transform(landmarks, self.swapper.size, mode=ALIGN_MODE)
+                prepared.transforms.append(matrix)
+                prepared.crops.append(warp_face(frame, matrix, self.swapper.size))
+        return prepared
+
+    def finish(self, prepared: Prepared) -> np.ndarray:
+        from facekit.align import paste_back
+
+        if not prepared.crops:
+            return prepared.frame
         with self.clock.stage("swap"):
-            swapped, masks = self.swapper(np.stack(crops))
-        out = frame
+            swapped, masks = self.swapper(np.stack(prepared.crops))
+        out = prepared.frame
         with self.clock.stage("paste"):
-            for matrix, face_img, mask in zip(transforms, swapped, masks):
+            for matrix, face_img, mask in zip(prepared.transforms, swapped, masks):
                 out = paste_back(out, (face_img * 255).round().astype(np.uint8), matrix, mask)
-        return out, len(faces)
+        return out
 
 
-def open_swapper(model: str | Path, identity: IdentityTensors | None) -> CropSwapper:
-    """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder."""
+def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0) -> CropSwapper:
+    """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder; `threads`
+    for ONNX Runtime (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
     model = Path(model)
     if model.is_dir():
         model = model / layout.DYNAMIC
@@ -139,7 +158,7 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None) -> CropSwa
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
-        return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity))
+        return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), threads)
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
 
 
