@@ -47,6 +47,11 @@ def write_markdown(report: dict, path: str | Path) -> Path:
         value = "—" if row["value"] is None else f"{row['value']:.4g}"
         met = "not measured" if row["met"] is None else ("yes" if row["met"] else "NO")
         lines.append(f"| {name} | {value} | {row['target']:.4g} | {met} |")
+    lines += ["", "The `.ort` file is prepared the way ONNX Runtime's converter prepares a phone model: every graph "
+              "optimisation except the NCHWc layout transform, which blocks channels for this x86 CPU's vector width. "
+              "Loading the `.onnx` here applies that transform, so on this desktop the `.ort` runs slower "
+              "(`ort_format_over_onnx`); on a phone ORT Mobile's ARM kernels or the NNAPI / Core ML / XNNPACK execution "
+              "providers run it, and it loads without an optimisation pass."]
     if report.get("int8_mean_abs_error") is not None:
         lines += ["", "The int8 error is the mean absolute difference to fp32 PyTorch on crops held out from "
                   "calibration (see the int8 file's metadata); with a randomly initialised student it says little "
