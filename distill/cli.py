@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--lr", type=float)
     distill.add_argument("--width", type=float, help="student channel multiplier (1.0 = paper)")
     distill.add_argument("--seed", type=int)
+    distill.add_argument("--stream", action="store_true", default=None,
+                         help="stream training pairs from the shards (shuffle buffer, decoding threads) instead of "
+                         "holding them in memory; sets larger than memory always stream")
     distill.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     distill.set_defaults(func=run_distill)
 
@@ -162,7 +165,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     _logging()
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
-                 "seed": args.seed, "reweight": args.reweight}
+                 "seed": args.seed, "reweight": args.reweight, "stream": args.stream}
     config = load_distill_config(args.config, overrides)
     pairs = open_pairs(args.pairs)
     scores, source = None, ""

@@ -1,4 +1,4 @@
-"""Pairs as the quality regressor and the distillation read them, on top of the teacher's pair reader.
+"""Pairs as the quality regressor and the distillation read them, on top of the pair format's reader.
 
 One sample is a dict: pair_id (str), identity (the source's identity label, str), source / target / swap
 [3,H,W] in [0,1], mask [1,H,W] (the teacher's blend mask), id_cosine (cos(D_I(source), D_I(swap)) as the
@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from facekit.errors import UserError
+
+if TYPE_CHECKING:
+    from facekit.pair_stream import PairStream
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +29,16 @@ REQUIRED_KEYS = (*META_KEYS, *IMAGE_KEYS, "mask")
 
 
 class PairList(Dataset):
-    """Pairs as a lazy view over an indexable source (the teacher's `PairDataset`, or dicts in memory).
+    """Pairs as a lazy view over an indexable source (the format's `PairDataset`, or dicts in memory).
 
     The per-pair scalars (ids, identities, teacher cosine, fraction) are held in memory, so splitting and
     scoring never touch the images; images are read when a sample is asked for."""
 
     def __init__(self, source: Sequence[Mapping[str, Any]], meta: Mapping[str, Sequence[Any]], resolution: int,
-                 has_truth: bool, indices: Sequence[int] | None = None):
+                 has_truth: bool, indices: Sequence[int] | None = None, root: Path | None = None,
+                 records: Sequence[dict] | None = None):
         self.source, self.resolution, self.has_truth = source, resolution, has_truth
+        self.root, self._records = root, records  # the shards and their index rows, when read from disk
         self.indices = list(range(len(source))) if indices is None else list(indices)
         self._meta = {k: list(v) for k, v in meta.items()}
         if not self.indices:
@@ -98,63 +103,68 @@ class PairList(Dataset):
         return digest.hexdigest()[:16]
 
     def subset(self, indices: Sequence[int]) -> "PairList":
-        return PairList(self.source, self._meta, self.resolution, self.has_truth, [self.indices[i] for i in indices])
+        return PairList(self.source, self._meta, self.resolution, self.has_truth, [self.indices[i] for i in indices],
+                        self.root, self._records)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.source, (_Uint8Images, list))
+
+    def stream(self, seed: int, rank: int = 0, world: int = 1, workers: int = 2) -> "PairStream":
+        """These pairs streamed from their shards (facekit.pair_stream), split over `world` processes."""
+        from facekit.pair_stream import PairStream
+
+        if self.root is None or self._records is None:
+            raise UserError("only pairs read from a pairs folder can be streamed")
+        return PairStream(self.root, [self._records[i] for i in self.indices], seed, rank, world, workers)
 
 
 def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool = True) -> PairList:
-    """A pair directory written by `distilswap pairs generate`, read through the teacher's own reader.
-
-    The format has no identity labels: every pair of `pairs generate` draws a new source person, so a pair's
-    index is its source identity (a `source_identity` tensor, when a writer adds one, is used instead). The
-    ground-truth swap is used when the shards carry a `truth` tensor. Training reads pairs in random order and
-    the reader caches one shard, so sets that fit in max_memory_bytes are held in memory as uint8."""
-    from facekit.pairs import PairDataset
+    """A pair directory written by `distilswap pairs generate`. The per-pair scalars come from its metadata
+    index (one small file per shard, no image decoded); sets that fit in max_memory_bytes are decoded once, shard
+    by shard, and held as uint8; larger ones stay on disk, read lazily or streamed (`PairList.stream`)."""
+    from facekit.pairs import PairDataset, read_shard, shard_path
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such pair directory; write pairs with `distilswap pairs generate`")
-    try:
-        dataset = PairDataset(path)
-    except UserError:
-        raise
-    except Exception as err:  # a damaged shard: safetensors / json errors name the cause
-        raise UserError(f"{path}: cannot read the pair shards ({type(err).__name__}: {err}); "
-                        "regenerate the damaged shard (rerun `distilswap pairs generate`) or remove it") from None
+    dataset = PairDataset(path)
     if len(dataset) == 0:
         raise UserError(f"{path}: no finished shards yet; let `distilswap pairs generate` finish")
     if len(dataset) < dataset.manifest["total_pairs"]:
         log.warning("%s: using %d of %d pairs (%d of %d shards finished); rerun `distilswap pairs generate` to "
                     "complete the set", path, len(dataset), dataset.manifest["total_pairs"], len(dataset.shards),
                     dataset.manifest["num_shards"])
-    meta: dict[str, list[Any]] = {k: [] for k in META_KEYS}
-    items: list[dict[str, torch.Tensor]] = []
-    size = int(dataset.manifest["image_size"])
-    keep_images = len(dataset) * 5 * 3 * size * size <= max_memory_bytes
-    if not keep_images:
-        log.warning("%s: %d pairs do not fit in %.1f GB: images are read per sample (slow in random order)",
-                    path, len(dataset), max_memory_bytes / 1e9)
-    for i in tqdm(range(len(dataset)), desc="reading pairs", unit="pair", disable=not progress):
-        try:  # sequential: the reader loads each shard once
-            item = dataset[i]
-        except Exception as err:
-            raise UserError(f"{path}: pair {i} is unreadable ({type(err).__name__}: {err}); regenerate its shard") from None
-        index = int(item["pair_index"])
-        meta["pair_id"].append(str(index))
-        meta["identity"].append(str(int(item["source_identity"])) if "source_identity" in item else str(index))
-        meta["id_cosine"].append(float(item["id_similarity"]))
-        meta["fraction"].append(float(item["fraction"]))
-        if keep_images:
-            items.append({k: _to_uint8(item[k]) for k in (*IMAGE_KEYS, "mask", "truth") if k in item})
-    has_truth = "truth" in dataset[0]
-    source: Sequence[Mapping[str, Any]] = _Uint8Images(items) if keep_images else dataset
+    records = dataset.records
+    meta = {"pair_id": [str(r["pair_index"]) for r in records], "identity": [r["identity"] for r in records],
+            "id_cosine": [float(r["id_similarity"]) for r in records], "fraction": [float(r["fraction"]) for r in records]}
     resolution = int(dataset.manifest["image_size"])
+    first = next(read_shard(shard_path(path, dataset.shards[0])))
+    has_truth = "truth" in first
+    source: Sequence[Mapping[str, Any]] = dataset
+    if len(dataset) * (10 + 3 * has_truth) * resolution**2 <= max_memory_bytes:
+        items = []
+        for name in tqdm(dataset.shards, desc="reading pairs", unit="shard", disable=not progress):
+            items += [{k: v for k, v in pair.items() if k != "json"} for pair in read_shard(shard_path(path, name))]
+        if len(items) != len(records):
+            raise UserError(f"{path}: the shards hold {len(items)} pairs but the index lists {len(records)}; "
+                            "delete the damaged shard and rerun `distilswap pairs generate`")
+        source = _Uint8Images(items)
+    else:
+        log.warning("%s: %d pairs do not fit in %.1f GB: training streams them from the shards", path, len(dataset),
+                    max_memory_bytes / 1e9)
     log.info("%s: %d pairs from %d shards at %d²%s", path, len(dataset), len(dataset.shards), resolution,
              " with ground truth" if has_truth else "")
-    return PairList(source, meta, resolution, has_truth)
+    return PairList(source, meta, resolution, has_truth, root=path, records=records)
 
 
-def _to_uint8(image: torch.Tensor) -> torch.Tensor:
-    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+def stream_sample(pair: Mapping[str, Any]) -> dict[str, Any]:
+    """A pair as `PairStream` decodes it, in the shape of a `PairList` sample."""
+    record = pair["json"]
+    sample = {k: pair[k].float() / 255 for k in (*IMAGE_KEYS, "mask", "truth") if k in pair}
+    sample.update({"pair_id": str(record["pair_index"]), "identity": record["identity"],
+                   "id_cosine": float(record["id_similarity"]), "fraction": float(record["fraction"])})
+    return sample
 
 
 class _Uint8Images:

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from facekit.arcface import resize_to
 from facekit.errors import UserError
 from facekit.imageio import atomic_write, clear_temporaries
 from facekit.training import EMA, setup_distributed
-from distill.data import PairList, split_by_identity
+from distill.data import PairList, split_by_identity, stream_sample
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
 from student.config import StudentConfig, scaled
@@ -56,6 +56,10 @@ class DistillConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     eval_batch_size: int = 32
+    # Training pairs streamed from the shards (facekit.pair_stream) instead of drawn at random from memory;
+    # sets too large for memory always stream. The data a step sees differs between the two, not its resume.
+    stream: bool = False
+    stream_workers: int = 2
 
     def __post_init__(self) -> None:
         if self.reweight not in COMBINATIONS:
@@ -245,11 +249,10 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
     writer = _writer(run_dir) if dist.main else None
     preview = _preview_batch(val, dist.device)
     bar = tqdm(total=config.steps, initial=step, desc="distill", unit="step", disable=not (progress and dist.main))
+    next_batch = _batches(train, config, step, dist.rank, dist.world)
     try:
         while step < config.steps:
-            samples = [train[i] for i in batch_indices(len(train), config.batch_size, config.seed, step,
-                                                       dist.rank, dist.world)]
-            batch = _to_device(default_collate(samples), dist.device)
+            batch = _to_device(default_collate(next_batch()), dist.device)
             raw = torch.tensor([weight_of[pid] for pid in batch["pair_id"]], device=dist.device)
             a = normalize_mean_one(raw)
             with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=config.amp):
@@ -297,6 +300,17 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
                      "train_pairs": len(train), "val_pairs": len(val), "config": config.to_dict()}
     write_table(result, run_dir)
     return result
+
+
+def _batches(train: PairList, config: DistillConfig, step: int, rank: int, world: int) -> Callable[[], list[dict]]:
+    """The samples of each next step from `step` on: seeded random draws from memory, or the shard stream
+    (position step x batch, so a resumed run sees the data it would have seen)."""
+    if not config.stream and train.in_memory:
+        counter = iter(range(step, config.steps))
+        return lambda: [train[i] for i in batch_indices(len(train), config.batch_size, config.seed, next(counter), rank, world)]
+    log.info("distill: streaming %d training pairs from their shards (%d decoding threads)", len(train), config.stream_workers)
+    samples = train.stream(config.seed, rank, world, config.stream_workers).samples(step * config.batch_size)
+    return lambda: [stream_sample(next(samples)) for _ in range(config.batch_size)]
 
 
 def _identity_dim(embedder: nn.Module, image: torch.Tensor, device: torch.device) -> int:

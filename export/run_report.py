@@ -81,7 +81,10 @@ def pairs_sheet(stage_dir: Path, out_png: Path, per_shard: int = 2, max_rows: in
     if not (stage_dir / "manifest.json").is_file() or not (stage_dir / "shards").is_dir():
         return None
     data = PairDataset(stage_dir)
-    picked = [i for i, (name, row) in enumerate(data.index) if row < per_shard][:max_rows]
+    first: dict[str, int] = {}
+    for i, record in enumerate(data.records):
+        first.setdefault(record["shard"], i)
+    picked = [i for i, record in enumerate(data.records) if i - first[record["shard"]] < per_shard][:max_rows]
     rows = []
     for i in picked:
         item = data[i]

@@ -142,6 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--batch-size", type=int, default=8, help="pairs sampled together (diffface teacher)")
     generate.add_argument("--image-size", type=int, default=64, help="crop size (diffface: the teacher's)")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--image-codec", choices=["png", "webp"], default="png",
+                          help="lossless image encoding in the shards: png (fast) or webp (~35%% smaller at 256², "
+                          "~12x slower to encode)")
     generate.add_argument("--data", default="synthetic",
                           help="'synthetic' (default) or a facekit folder data set of aligned faces (diffface teacher)")
     generate.add_argument("--out", required=True, help="data set directory")
@@ -151,9 +154,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="UNet precision (bf16 on GPUs)")
     generate.set_defaults(func=_generate)
 
-    info = pair_commands.add_parser("info", help="summarise a pairs data set")
+    info = pair_commands.add_parser("info", help="summarise a pairs data set (pairs, shards, bytes per pair)")
     info.add_argument("root")
     info.set_defaults(func=_info)
+    convert = pair_commands.add_parser(
+        "convert", help="rewrite a version-1 pairs data set (raw safetensors shards) in the current format",
+        description="Version 1 stored raw uint8 tensors in one safetensors file per shard; version 2 stores "
+        "WebDataset tar shards of lossless images with a metadata index. The old folder is read, never changed.\n"
+        "  distilswap pairs convert runs/pairs_v1 --out runs/pairs", formatter_class=RAW)
+    convert.add_argument("root", help="version-1 pairs data set")
+    convert.add_argument("--out", required=True, help="new folder for the version-2 data set")
+    convert.add_argument("--image-codec", choices=["png", "webp"], default="png")
+    convert.set_defaults(func=_convert)
 
 
 def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
@@ -413,17 +425,29 @@ def _generate(args: argparse.Namespace) -> int:
             raise UserError(f"--image-size {args.image_size} but the teacher works at "
                             f"{teacher.models[0].config.image_size}²: pass --image-size {teacher.models[0].config.image_size}")
     summary = generate_pairs(args.out, teacher, experts, args.total, args.shard_size, args.image_size, args.seed,
-                             data=args.data)
+                             data=args.data, image_codec=args.image_codec)
     print(f"{args.out}: wrote {summary['written']} pairs in {summary['shards']} shards, dropped {summary['dropped']}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from facekit.pairs import PairDataset
+    from facekit.pairs import PairDataset, finished_shards
 
     data = PairDataset(args.root)
     m = data.manifest
+    stored = sum(info.get("bytes", 0) for info in finished_shards(args.root).values())
+    raw = len(data) * m["image_size"] ** 2 * (3 * 3 + 1 + (3 if data.records and "truth" in data[0] else 0))
     print(f"{args.root}: {len(data)} of {m['total_pairs']} pairs in {len(data.shards)}/{m['num_shards']} shards, "
           f"{m['image_size']}², teacher {m['teacher']['kind']} with snapshots "
-          f"{[s['id'] for s in m['teacher']['snapshots']]}")
+          f"{[s['id'] for s in m['teacher']['snapshots']]}; {stored / max(len(data), 1) / 1e3:.1f} kB a pair "
+          f"({m.get('image_codec', 'png')}, {100 * stored / max(raw, 1):.0f} % of raw uint8)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from facekit.pair_convert import convert_v1
+
+    summary = convert_v1(args.root, args.out, args.image_codec)
+    print(f"{args.out}: {summary['pairs']} pairs in {summary['shards']} shards ({summary['bytes'] / 1e6:.1f} MB, "
+          f"was {summary['v1_bytes'] / 1e6:.1f} MB)")
     return 0

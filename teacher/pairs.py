@@ -14,8 +14,8 @@ from typing import Protocol
 import torch
 
 from facekit.errors import UserError
-from facekit.pairs import (FORMAT, VERSION, check_destination, claim, finished_shards, shard_length, shard_name,
-                           write_json, write_shard)
+from facekit.pairs import (FORMAT, VERSION, check_destination, claim, clear_temporaries, finished_shards, shard_intact,
+                           shard_name, shard_path, write_json, write_shard)
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ class OnnxTeacher:
 
 # --- generation ---------------------------------------------------------------------------------------
 def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shard_size: int = 64,
-                   image_size: int = 64, seed: int = 0, progress: bool = True, data: str = "synthetic") -> dict:
+                   image_size: int = 64, seed: int = 0, progress: bool = True, data: str = "synthetic",
+                   image_codec: str = "png") -> dict:
     """Write (or finish writing) `total` pairs under root; returns {"written", "dropped", "shards"} for
     this rank. Faces come from the synthetic world or a folder data set (`data`). Safe to kill at any
     moment and rerun."""
@@ -221,7 +222,7 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     check_destination(root, total, shard_size)
     num_shards = math.ceil(total / shard_size)
-    manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "total_pairs": total,
+    manifest = {"format": FORMAT, "version": VERSION, "image_size": image_size, "image_codec": image_codec, "total_pairs": total,
                 "shard_size": shard_size, "num_shards": num_shards, "seed": seed, "data": str(data),
                 "teacher": {"kind": teacher.kind, "snapshots": teacher.snapshots}, "sampling": teacher.settings()}
     dataset = None
@@ -239,16 +240,16 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     lock = _lock(root / "progress" / f".lock-rank-{rank:05d}")  # held until this process ends
     progress_path = root / "progress" / f"rank-{rank:05d}.json"
     mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
-    writer = f"rank{rank:05d}"
-    for stale in (root / "shards").glob(f"*.tmp-{writer}"):  # a write this rank was killed in
-        stale.unlink(missing_ok=True)
+    mine_shards = [k for k in range(num_shards) if k % world == rank]
+    for k in mine_shards:  # writes this rank was killed in
+        clear_temporaries(root, shard_name(k))
     done = finished_shards(root)
-    for name in [n for n in done if shard_length(root / "shards" / f"{n}.safetensors") is None]:
-        log.warning("%s is damaged: writing it again", root / "shards" / f"{name}.safetensors")
-        (root / "shards" / f"{name}.safetensors").unlink()
+    for name in [n for n in done if not shard_intact(root, n, done[n])]:
+        log.warning("%s is damaged: writing it again", shard_path(root, name))
+        shard_path(root, name).unlink()
         del done[name]
-    todo = [k for k in range(num_shards) if k % world == rank and shard_name(k) not in done]
-    own_total = sum(min(shard_size, total - k * shard_size) for k in range(num_shards) if k % world == rank)
+    todo = [k for k in mine_shards if shard_name(k) not in done]
+    own_total = sum(min(shard_size, total - k * shard_size) for k in mine_shards)
 
     from tqdm import tqdm
 
@@ -263,8 +264,8 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
         pairs, drops = _make_shard(teacher, experts, job, k, shard_size, snapshot, torch.Generator().manual_seed(shard_seed))
         for drop in drops:
             log.warning("pair %d dropped: %s", drop["pair"], drop["reason"])
-        write_shard(root, k, pairs, manifest, writer)
-        mine["shards"][shard_name(k)] = {"pairs": int(pairs["pair_index"].numel()), "dropped": drops}
+        size = write_shard(root, k, pairs, manifest)
+        mine["shards"][shard_name(k)] = {"pairs": int(pairs["pair_index"].numel()), "bytes": size, "dropped": drops}
         write_json(progress_path, mine)
         written += int(pairs["pair_index"].numel())
         dropped += len(drops)

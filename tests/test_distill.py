@@ -220,30 +220,39 @@ def test_a_fresh_student_learns_to_reproduce_its_input():
 
 
 DDP_RUN = """
-import sys, torch
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO)
 sys.path[:0] = [{repo!r}]
 torch.set_num_threads(1)
+from distill.data import open_pairs
 from distill.train import DistillConfig, distill
-from tests.distill_fixtures import synthetic_pairs, tiny_embedder
-embedder = tiny_embedder()
-pairs = synthetic_pairs(identities=4, per_identity=3, size=32, embedder=embedder)
+from tests.distill_fixtures import tiny_embedder
 config = DistillConfig(steps=2, width=0.25, batch_size=2, val_fraction=0.3, amp=False, reweight="off",
-                       log_every=1, sample_every=2, checkpoint_every=2)
-distill(pairs, embedder, None, config, {out!r}, progress=False)
+                       log_every=1, sample_every=2, checkpoint_every=2, stream=True)
+distill(open_pairs({pairs!r}, progress=False), tiny_embedder(), None, config, {out!r}, progress=False)
 """
 
 
-def test_two_process_ddp_run_trains_and_writes_once(tmp_path):
-    """torchrun with two CPU processes (gloo): the same code path as a multi-GPU run; rank 0 alone writes."""
+def test_two_process_ddp_run_streams_the_shards_trains_and_writes_once(tmp_path):
+    """torchrun with two CPU processes (gloo) streaming WebDataset shards: the same code path as a multi-GPU
+    run; each rank reads its own shards, rank 0 alone writes."""
     import subprocess
     import sys
     from pathlib import Path
 
+    from teacher.experts import Experts
+    from teacher.pairs import OracleTeacher, generate_pairs
+    from tests.distill_fixtures import tiny_embedder
+
+    generate_pairs(tmp_path / "pairs", OracleTeacher(), Experts(tiny_embedder()), total=24, shard_size=3,
+                   image_size=32, progress=False)
     script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_RUN.format(repo=str(Path(__file__).resolve().parents[1]), out=str(tmp_path / "run")))
+    script.write_text(DDP_RUN.format(repo=str(Path(__file__).resolve().parents[1]), pairs=str(tmp_path / "pairs"),
+                                     out=str(tmp_path / "run")))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script)], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "streaming" in done.stderr
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2
     assert load_student(tmp_path / "run" / "student.safetensors").config.resolution == 32

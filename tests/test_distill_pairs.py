@@ -53,7 +53,7 @@ def test_damaged_shard_is_refused_with_reason(pair_dir, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(pair_dir, broken)
-    shard = sorted((broken / "shards").glob("*.safetensors"))[0]
+    shard = sorted((broken / "shards").glob("*.tar"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
     assert main(["quality", "train", "--pairs", str(broken), "--out", str(tmp_path / "q.st")]) == 2
     err = capsys.readouterr().err

@@ -89,13 +89,13 @@ def test_killed_run_resumes_without_lost_or_duplicated_pairs(tmp_path):
     partial = len(finished_shards(root))
     assert returncode == -signal.SIGKILL, f"the generator exited on its own (code {returncode})"
     assert 2 <= partial < 10, f"the run must be killed mid-way ({partial} shards done)"
-    # simulate the worst moment too: a half-written temp file of this rank is left behind
-    (root / "shards" / "shard-000009.safetensors.tmp-rank00000").write_bytes(b"half a shard")
+    # simulate the worst moment too: a half-written temporary of this rank is left behind
+    (root / "shards" / ".shard-000009.abc123.tar").write_bytes(b"half a shard")
     summary = generate_pairs(root, OracleTeacher((0.5, 1.0)), tiny_experts(), total=30, shard_size=3,
                              image_size=32, seed=1, progress=False)
     assert summary["shards"] == 10 - partial
     assert pair_indices(root) == list(range(30))
-    assert not list((root / "shards").glob("*.tmp-*"))
+    assert not list((root / "shards").glob(".*"))
     assert len(finished_shards(root)) == 10
     # the resumed data set is the one an uninterrupted run writes
     straight = tmp_path / "straight"
@@ -110,21 +110,20 @@ def test_killed_run_resumes_without_lost_or_duplicated_pairs(tmp_path):
 
 
 def test_disk_full_leaves_no_shard_and_resume_works(tmp_path, monkeypatch):
-    real = pair_format.save_file
+    real = pair_format._add
     calls = []
 
-    def failing(tensors, filename, metadata=None):
-        calls.append(filename)
-        if len(calls) == 2:
-            Path(filename).write_bytes(b"partial")
+    def failing(out, name, data):
+        calls.append(name)
+        if len(calls) == 6 * 4 + 1:  # the first member of the second shard (6 members a pair, 4 pairs a shard)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, filename, metadata=metadata)
+        return real(out, name, data)
 
-    monkeypatch.setattr(pair_format, "save_file", failing)
+    monkeypatch.setattr(pair_format, "_add", failing)
     with pytest.raises(UserError, match="No space left on device.*rerun"):
         generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-000000.safetensors"]
-    monkeypatch.setattr(pair_format, "save_file", real)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shard-000000.tar"]  # no temporary left
+    monkeypatch.setattr(pair_format, "_add", real)
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert pair_indices(tmp_path) == list(range(8))
 
@@ -238,10 +237,10 @@ def test_pairs_never_mix_into_another_folder_and_refuse_empty_sets(tmp_path):
 
 def test_a_damaged_shard_is_named_and_the_rerun_writes_it_again(tmp_path):
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
-    shard = tmp_path / "shards" / "shard-000001.safetensors"
+    shard = tmp_path / "shards" / "shard-000001.tar"
     good = shard.read_bytes()
-    shard.write_bytes(good[:40])  # truncated after it was finished
-    with pytest.raises(UserError, match="shard-000001.safetensors is damaged: delete it and rerun"):
+    shard.write_bytes(good[:4000])  # truncated after it was finished
+    with pytest.raises(UserError, match="shard-000001.tar is damaged: delete it and rerun"):
         PairDataset(tmp_path)
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert shard.read_bytes() == good and pair_indices(tmp_path) == list(range(8))
