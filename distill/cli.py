@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=3e-4)
     train.add_argument("--val-fraction", type=float, default=0.2, help="share of identities held out")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--stream", action="store_true",
+                       help="stream training pairs from the shards instead of holding them in memory (sets larger "
+                       "than memory always stream)")
     train.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     train.set_defaults(func=quality_train)
 
@@ -118,7 +121,7 @@ def quality_train(args: argparse.Namespace) -> int:
     _logging()
     pairs = open_pairs(args.pairs)
     config = QualityConfig(input_size=args.input_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           val_fraction=args.val_fraction, seed=args.seed)
+                           val_fraction=args.val_fraction, seed=args.seed, stream=args.stream)
     model, report = train_quality(pairs, config, args.imagenet_weights, device=_device(args.device))
     path = save_quality(model, args.out, pairs.resolution, report)
     Path(path).with_suffix(".json").write_text(json.dumps(report, indent=1))

@@ -8,9 +8,10 @@ world, truth [3,H,W] (the perfect swap). Splits are by source identity, so valid
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -178,6 +179,32 @@ class _Uint8Images:
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v.float() / 255 for k, v in self.items[index].items()}
+
+
+def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The pairs of one rank at one step: a seeded permutation per epoch, so the order is a pure function of
+    the step and resuming needs no sampler state."""
+    per_epoch = count // (batch_size * world)
+    if per_epoch < 1:
+        raise UserError(f"{count} training pairs cannot fill one batch of {batch_size} x {world} processes: "
+                        "lower batch_size or add pairs")
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    start = (offset * world + rank) * batch_size
+    return order[start : start + batch_size].tolist()
+
+
+def training_batches(pairs: PairList, batch_size: int, seed: int, step: int = 0, rank: int = 0, world: int = 1,
+                     stream: bool = False, workers: int = 2) -> Callable[[], list[dict[str, Any]]]:
+    """The samples of each next training step from `step` on: seeded random draws from memory, or the shard
+    stream (position step x batch_size, so a resumed run sees the data it would have seen). Sets that do not
+    fit in memory always stream."""
+    if not stream and pairs.in_memory:
+        steps = itertools.count(step)
+        return lambda: [pairs[i] for i in batch_indices(len(pairs), batch_size, seed, next(steps), rank, world)]
+    log.info("streaming %d training pairs from their shards (%d decoding threads)", len(pairs), workers)
+    samples = pairs.stream(seed, rank, world, workers).samples(step * batch_size)
+    return lambda: [stream_sample(next(samples)) for _ in range(batch_size)]
 
 
 def split_by_identity(identities: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from facekit.arcface import imagenet_normalize, resize_to
 from facekit.errors import UserError
-from distill.data import PairList, split_by_identity
+from distill.data import PairList, split_by_identity, training_batches
 
 log = logging.getLogger(__name__)
 FORMAT = "distilswap-quality/1"
@@ -31,6 +31,7 @@ class QualityConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 0
+    stream: bool = False  # read training pairs as a stream from the shards (always, for sets larger than memory)
 
 
 class QualityRegressor(nn.Module):
@@ -105,22 +106,18 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
     init = load_imagenet(model, imagenet_weights)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train, batch_size=min(config.batch_size, len(train)), shuffle=True, drop_last=True,
-                        generator=generator)
+    next_batch = training_batches(train, min(config.batch_size, len(train)), config.seed, stream=config.stream)
     step, bar = 0, tqdm(total=config.steps, desc="quality train", unit="step", disable=not progress)
     model.train()
     while step < config.steps:
-        for batch in loader:
-            loss = F.mse_loss(model(batch["swap"].to(device).float()), batch["fraction"].to(device).float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(l2=f"{loss.item():.4f}")
-            if step >= config.steps:
-                break
+        batch = default_collate(next_batch())
+        loss = F.mse_loss(model(batch["swap"].to(device).float()), batch["fraction"].to(device).float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l2=f"{loss.item():.4f}")
     bar.close()
     fraction = val.fractions
     report = {

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from facekit.arcface import resize_to
 from facekit.errors import UserError
 from facekit.imageio import atomic_write, clear_temporaries
 from facekit.training import EMA, setup_distributed
-from distill.data import PairList, split_by_identity, stream_sample
+from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
 from student.config import StudentConfig, scaled
@@ -94,19 +94,6 @@ def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = 
     check_types(config, str(path or "distill settings"))
     check_types(config.weights, str(path or "distill settings") + " weights")
     return config
-
-
-def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The pairs of one rank at one step: a seeded permutation per epoch, so the order is a pure function of
-    the step and resuming needs no sampler state."""
-    per_epoch = count // (batch_size * world)
-    if per_epoch < 1:
-        raise UserError(f"{count} training pairs cannot fill one batch of {batch_size} x {world} processes: "
-                        "lower batch_size or add pairs")
-    epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    start = (offset * world + rank) * batch_size
-    return order[start : start + batch_size].tolist()
 
 
 # -- model ---------------------------------------------------------------------------------------------------
@@ -249,7 +236,8 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
     writer = _writer(run_dir) if dist.main else None
     preview = _preview_batch(val, dist.device)
     bar = tqdm(total=config.steps, initial=step, desc="distill", unit="step", disable=not (progress and dist.main))
-    next_batch = _batches(train, config, step, dist.rank, dist.world)
+    next_batch = training_batches(train, config.batch_size, config.seed, step, dist.rank, dist.world,
+                                  config.stream, config.stream_workers)
     try:
         while step < config.steps:
             batch = _to_device(default_collate(next_batch()), dist.device)
@@ -300,17 +288,6 @@ def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, conf
                      "train_pairs": len(train), "val_pairs": len(val), "config": config.to_dict()}
     write_table(result, run_dir)
     return result
-
-
-def _batches(train: PairList, config: DistillConfig, step: int, rank: int, world: int) -> Callable[[], list[dict]]:
-    """The samples of each next step from `step` on: seeded random draws from memory, or the shard stream
-    (position step x batch, so a resumed run sees the data it would have seen)."""
-    if not config.stream and train.in_memory:
-        counter = iter(range(step, config.steps))
-        return lambda: [train[i] for i in batch_indices(len(train), config.batch_size, config.seed, next(counter), rank, world)]
-    log.info("distill: streaming %d training pairs from their shards (%d decoding threads)", len(train), config.stream_workers)
-    samples = train.stream(config.seed, rank, world, config.stream_workers).samples(step * config.batch_size)
-    return lambda: [stream_sample(next(samples)) for _ in range(config.batch_size)]
 
 
 def _identity_dim(embedder: nn.Module, image: torch.Tensor, device: torch.device) -> int:

@@ -128,3 +128,19 @@ def test_a_version_1_set_converts_pair_for_pair_and_old_or_unknown_versions_are_
     (tmp_path / "v2" / "manifest.json").write_text(json.dumps({**manifest_v2, "version": 7}))
     with pytest.raises(UserError, match="version 7 is unknown to this distilswap"):
         read_manifest(tmp_path / "v2")
+
+
+def test_training_batches_stream_a_split_and_resume_at_a_step(pair_dir):
+    from distill.data import open_pairs, split_by_identity, training_batches
+
+    pairs = open_pairs(pair_dir, progress=False)
+    train_idx, _ = split_by_identity(pairs.identities, 0.25, seed=0)
+    train = pairs.subset(train_idx)
+    straight = training_batches(train, 4, seed=1, stream=True)
+    batches = [straight() for _ in range(5)]
+    assert {s["pair_id"] for b in batches for s in b} <= set(train.pair_ids)
+    assert set(batches[0][0]) >= {"source", "target", "swap", "mask", "truth", "pair_id", "identity", "id_cosine", "fraction"}
+    resumed = training_batches(train, 4, seed=1, step=3, stream=True)
+    assert [s["pair_id"] for s in resumed()] == [s["pair_id"] for s in batches[3]]
+    in_memory = training_batches(train, 4, seed=1)  # the same split drawn from memory
+    assert {s["pair_id"] for s in in_memory()} <= set(train.pair_ids)
