@@ -166,6 +166,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--out", required=True, help="new folder for the version-2 data set")
     convert.add_argument("--image-codec", choices=["png", "webp"], default="png")
     convert.set_defaults(func=_convert)
+    pair_bench = pair_commands.add_parser(
+        "bench", help="measure the pair format here: pairs/s written and streamed back, bytes per pair",
+        description="Writes synthetic-world pairs at each --size into --out, then streams them back with 1, 2 and 4 "
+        "decoding threads; writes OUT/bench.md and bench.json.\n  distilswap pairs bench --out runs/pair_bench",
+        formatter_class=RAW)
+    pair_bench.add_argument("--out", required=True, help="new folder for the benchmark's shards and report")
+    pair_bench.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    pair_bench.add_argument("--pairs", type=int, default=256, help="pairs per size (default 256)")
+    pair_bench.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="decoding threads to time")
+    pair_bench.add_argument("--image-codec", choices=["png", "webp"], default="png")
+    pair_bench.set_defaults(func=_pairs_bench)
 
 
 def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
@@ -441,6 +452,19 @@ def _info(args: argparse.Namespace) -> int:
           f"{m['image_size']}², teacher {m['teacher']['kind']} with snapshots "
           f"{[s['id'] for s in m['teacher']['snapshots']]}; {stored / max(len(data), 1) / 1e3:.1f} kB a pair "
           f"({m.get('image_codec', 'png')}, {100 * stored / max(raw, 1):.0f} % of raw uint8)")
+    return 0
+
+
+def _pairs_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from facekit.errors import UserError
+    from facekit.pair_bench import bench_pairs
+
+    if args.pairs < 1 or min(args.sizes) < 8 or min(args.workers) < 1:
+        raise UserError(f"--pairs {args.pairs}, --sizes {args.sizes}, --workers {args.workers}: need >= 1, >= 8, >= 1")
+    bench_pairs(args.out, args.sizes, args.pairs, min(64, args.pairs), args.workers, args.image_codec)
+    print((Path(args.out) / "bench.md").read_text())
     return 0
 
 
