@@ -149,8 +149,8 @@ def test_training_batches_stream_a_split_and_resume_at_a_step(pair_dir):
 def test_the_format_benchmark_measures_writing_reading_and_size(tmp_path):
     from facekit.pair_bench import bench_pairs
 
-    report = bench_pairs(tmp_path / "bench", sizes=(16,), count=8, shard_size=4, workers=(1, 2))
+    report = bench_pairs(tmp_path / "bench", sizes=(64,), count=8, shard_size=4, workers=(1, 2))
     row, = report["rows"]
     assert row["pairs"] == 8 and 0 < row["bytes_per_pair"] < row["raw_bytes_per_pair"]
     assert row["write_pairs_per_s"] > 0 and row["read_pairs_per_s_2_threads"] > 0
-    assert "| 16² |" in (tmp_path / "bench" / "bench.md").read_text()
+    assert "| 64² |" in (tmp_path / "bench" / "bench.md").read_text()
