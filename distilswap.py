@@ -13,7 +13,7 @@ from typing import Sequence
 from export.metadata import project_version
 
 # In data-flow order; `--help` lists subcommands in this order.
-STAGE_CLIS = ("facekit.cli", "teacher.cli", "student.cli", "distill.cli", "export.cli", "app.cli")
+STAGE_CLIS = ("facekit.cli", "experts.cli", "teacher.cli", "student.cli", "distill.cli", "export.cli", "app.cli")
 
 DESCRIPTION = """\
 Mobile-ready face-swap distillation.

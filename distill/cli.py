@@ -164,7 +164,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from distill.evaluate import format_table
     from distill.reweight import SCORES_FILENAME, check_scores_match, read_scores
     from distill.train import distill, load_distill_config
-    from teacher.experts import load_experts
+    from facekit.expert_loader import load_embedder, load_expert_set
 
     _logging()
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
@@ -176,14 +176,11 @@ def run_distill(args: argparse.Namespace) -> int:
         source = args.scores or str(Path(args.pairs) / SCORES_FILENAME)
         scores, meta = read_scores(source)
         check_scores_match(meta, pairs.fingerprint, source)
-    experts = load_experts(args.experts, args.arcface, args.parser)
-    parser = None if args.no_parser else experts.parser
-    judge = None
-    if args.judge:
-        from facekit.identity import load_embedder
-
-        judge = load_embedder(args.judge)  # frozen, like every expert loader's result
-    result = distill(pairs, experts.embedder, parser, config, args.out, scores, source, args.init,
+    embedder, parser, _ = load_expert_set(args.experts, args.arcface, args.parser)
+    if args.no_parser:
+        parser = None
+    judge = load_embedder(args.judge) if args.judge else None
+    result = distill(pairs, embedder, parser, config, args.out, scores, source, args.init,
                      args.vgg_weights, args.device, judge=judge, judge_name=args.judge or "")
     if result:
         print(format_table(result))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from facekit.errors import UserError
+from facekit.expert_loader import load_embedder
 
 SOURCE_CROP = 224
 IDENTITY_SUFFIXES = (".npz", ".safetensors")
@@ -53,24 +54,6 @@ def resolve_identity(
         detector = make_detector(detector_models)
     embedding, feature_map = identity_from_image(read_image(source), detector, embedder)
     return source.stem, embedding, feature_map
-
-
-def load_embedder(path: str | Path) -> nn.Module:
-    """D_I from a small-experts folder, an official ArcFace (`.pdparams`, `.tar`, `.pth`) or an insightface ONNX."""
-    path = Path(path)
-    if path.is_dir():
-        from facekit.small_experts import load_small_experts
-
-        return load_small_experts(path)[0]
-    if not path.is_file():
-        raise UserError(f"{path}: no such embedder (a small-experts folder or an ArcFace checkpoint)")
-    if path.suffix == ".onnx":
-        from facekit.onnx_embedder import OnnxArcFace
-
-        return OnnxArcFace(path)
-    from facekit.checkpoints import load_arcface
-
-    return load_arcface(path)
 
 
 @torch.no_grad()

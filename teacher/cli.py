@@ -356,7 +356,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facekit.errors import UserError
-    from facekit.identity import load_embedder
+    from facekit.expert_loader import load_embedder
     from facekit.imageio import make_dir
     from teacher.checkpoint import load_teacher
     from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,

@@ -8,8 +8,6 @@ differently from its sampling).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -58,30 +56,8 @@ class Experts:
 
 def load_experts(experts_dir: str | None = None, arcface: str | None = None, parser: str | None = None,
                  gaze: str | None = None) -> Experts:
-    """Small trained experts from a directory (`facekit.small_experts`, the synthetic world's), and/or the
-    official weight files one by one (which override the directory's)."""
-    from facekit.frozen import freeze
+    """The teacher's experts: a small-experts folder and/or official weight files, each in any format the one
+    expert loader (facekit.expert_loader) reads; files override the folder's."""
+    from facekit.expert_loader import load_expert_set
 
-    embedder = parser_model = gaze_model = None
-    if experts_dir:
-        if not Path(experts_dir).is_dir():
-            raise UserError(f"experts directory {experts_dir} not found: train them with `distilswap experts train`")
-        from facekit.small_experts import load_small_experts
-
-        embedder, parser_model, gaze_model = load_small_experts(experts_dir)
-    if arcface:
-        from facekit.checkpoints import load_arcface
-
-        embedder = load_arcface(arcface)
-    if parser:
-        from facekit.checkpoints import load_bisenet
-
-        parser_model = load_bisenet(parser)
-    if gaze:
-        from facekit.checkpoints import load_eyenet
-
-        gaze_model = load_eyenet(gaze)
-    if embedder is None:
-        raise UserError("the teacher needs an identity embedder: pass --experts DIR or --arcface FILE (Arcface.tar)")
-    return Experts(*(freeze(m) if m is not None else None for m in (embedder, parser_model, gaze_model)))
-
+    return Experts(*load_expert_set(experts_dir, arcface, parser, gaze))

@@ -68,3 +68,15 @@ def test_spaces_cannot_be_mixed(onnx_path, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"nope")
     with pytest.raises(UserError, match="bad.onnx"):
         OnnxArcFace(tmp_path / "bad.onnx")
+
+
+def test_every_embedder_option_takes_an_onnx_file_through_the_one_loader(onnx_path):
+    """--arcface, --judge, --embedder all go through facekit.expert_loader: an insightface .onnx works for each."""
+    from facekit.expert_loader import load_embedder, load_expert_set
+    from facekit.frozen import is_frozen
+
+    embedder, parser, gaze = load_expert_set(embedder=onnx_path)
+    assert isinstance(embedder, OnnxArcFace) and parser is None and gaze is None and is_frozen(embedder)
+    assert isinstance(load_embedder(onnx_path), OnnxArcFace)
+    with pytest.raises(UserError, match="no such identity embedder"):
+        load_embedder(onnx_path.with_name("missing.onnx"))

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import distilswap
-from facekit import small_experts as X
+from experts import train as X
+from facekit.expert_loader import load_expert_set
 from facekit.errors import UserError
 from facekit.frozen import is_frozen
 
@@ -39,7 +40,7 @@ def test_training_writes_checkpoints_and_scores(trained):
 
 def test_loaded_experts_are_frozen_with_the_student_shapes(trained):
     out, _ = trained
-    embedder, parser, gaze = X.load_small_experts(out)
+    embedder, parser, gaze = load_expert_set(out)
     assert all(is_frozen(m) for m in (embedder, parser, gaze))
     z, feature_map = embedder(torch.rand(2, 3, 96, 96))
     assert z.shape == (2, 512) and feature_map.shape == (2, 512, 7, 7)
@@ -110,7 +111,7 @@ def test_bad_configs_are_user_errors(tmp_path):
     with pytest.raises(UserError):
         X.make_config("demo", {"parser": {"no_such_field": 1}})
     with pytest.raises(UserError):
-        X.load_small_experts(tmp_path)
+        load_expert_set(tmp_path)
 
 
 def test_cli_trains_and_shows(tmp_path, capsys):

@@ -11,7 +11,7 @@ at small widths, so every later stage runs the same code on them.
 Faces are rendered on the fly from per-step seeds (an endless, exactly reproducible data stream), so a run
 resumes bit-for-bit from its last partial checkpoint. A directory holds one file pair per expert
 (NAME.safetensors + NAME.json with class, arguments, config and scores); an expert whose config is
-unchanged is reused, not retrained.
+unchanged is reused, not retrained. Every command loads them through facekit.expert_loader.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from torch import nn
 
 from facekit import synthetic
 from facekit.errors import UserError
+from facekit.expert_loader import EXPERTS, construct
 from facekit.imageio import atomic_write, atomic_write_text
 
-EXPERTS = ("embedder", "parser", "gaze")
 VERSION = 1  # bump when training code changes what a config produces
 
 
@@ -212,20 +212,6 @@ def build(expert: str, config: ExpertsConfig) -> tuple[nn.Module, dict[str, Any]
     else:
         raise UserError(f"unknown expert {expert!r}; choose from {', '.join(EXPERTS)}")
     return construct(expert, kwargs), kwargs
-
-
-def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
-    if expert == "embedder":
-        from facekit.arcface import IRSEArcFace
-
-        return IRSEArcFace(**_tuples(kwargs))
-    if expert == "parser":
-        from facekit.bisenet import BiSeNet
-
-        return BiSeNet(**kwargs)
-    from facekit.eyenet import EyeNet
-
-    return EyeNet(**kwargs)
 
 
 class _Task:
@@ -505,36 +491,3 @@ def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
     atomic_write_text(out / "results.json", json.dumps({e: {"scores": r["scores"], "train_seconds": r["train_seconds"]}
                                                     for e, r in everything.items()}, indent=2) + "\n")
     atomic_write_text(out / "results.md", "# Small experts on the synthetic world\n\n" + results_table(everything) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loading.
-
-
-def load_expert(directory: str | Path, expert: str) -> nn.Module:
-    """One trained expert, frozen."""
-    from safetensors.torch import load_file
-
-    from facekit.checkpoints import load_state_strict
-    from facekit.frozen import freeze
-
-    from facekit.shipped import check_shipped
-
-    directory = Path(directory)
-    meta, weights = directory / f"{expert}.json", directory / f"{expert}.safetensors"
-    check_shipped(weights)
-    if not (meta.exists() and weights.exists()):
-        raise UserError(f"no trained {expert} in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
-    record = json.loads(meta.read_text())
-    model = construct(expert, record["kwargs"])
-    load_state_strict(model, load_file(str(weights)), weights)
-    return freeze(model)
-
-
-def load_small_experts(directory: str | Path) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
-    """(embedder, parser, gaze), frozen. The embedder is required; a parser or gaze model that was not
-    trained into the directory comes back as None."""
-    directory = Path(directory)
-    embedder = load_expert(directory, "embedder")
-    rest = [load_expert(directory, e) if (directory / f"{e}.json").exists() else None for e in ("parser", "gaze")]
-    return embedder, rest[0], rest[1]
