@@ -1,4 +1,4 @@
-"""`distilswap teacher train|swap` and `distilswap pairs generate|info`."""
+"""`distilswap teacher train|swap|evaluate|ship|bench` and `distilswap pairs generate|info|convert|bench`."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="DiffFace: an identity-conditional diffusion model that swaps faces with identity, semantic "
         "and gaze guidance and target-preserving blending.")
     commands = teacher.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
+    _add_train(commands)
+    _add_swap(commands)
+    _add_evaluate(commands)
+    _add_ship(commands)
+    _add_bench(commands)
+    pairs = subparsers.add_parser(
+        "pairs", help="write the teacher's paired swaps as shards",
+        description="The paired data set the student is distilled from (format: facekit/pairs.py).")
+    pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="ACTION", required=True)
+    _add_generate(pair_commands)
+    _add_info(pair_commands)
+    _add_convert(pair_commands)
+    _add_pair_bench(pair_commands)
 
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train", help="train (or resume) a teacher", formatter_class=RAW,
         description="Train the identity-conditional UNet (noise + VLB + identity loss). Rerunning the same "
@@ -41,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int)
     train.set_defaults(func=_train)
 
+
+def _add_swap(commands: argparse._SubParsersAction) -> None:
     swap = commands.add_parser(
         "swap", help="swap faces with guided sampling", formatter_class=RAW,
         description="Put the identity of each source onto its target (aligned face crops; one source may go "
@@ -64,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--seed", type=int, default=0)
     swap.set_defaults(func=_swap)
 
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="score guided swaps of held-out synthetic pairs against the ground truth (and ablate)",
         formatter_class=RAW,
@@ -86,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_sampling_args(evaluate, multiple=True)
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_ship(commands: argparse._SubParsersAction) -> None:
     ship = commands.add_parser(
         "ship", help="pack a finished teacher run and its experts as fp16 files with a sha256 manifest",
         formatter_class=RAW,
@@ -102,6 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ship.add_argument("--force", action="store_true", help="replace models already in --out")
     ship.set_defaults(func=_ship)
 
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench", help="time guided sampling: per-step cost vs one UNet forward+backward, swaps/minute",
         formatter_class=RAW,
@@ -117,11 +140,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
 
-    pairs = subparsers.add_parser(
-        "pairs", help="write the teacher's paired swaps as shards",
-        description="The paired data set the student is distilled from (format: facekit/pairs.py).")
-    pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="ACTION", required=True)
-    generate = pair_commands.add_parser(
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    generate = commands.add_parser(
         "generate", help="generate (or resume) a sharded pairs data set", formatter_class=RAW,
         description="Swap random synthetic-world (source, target) pairs with a teacher and write shards. Safe "
         "to interrupt: rerun the same command to resume. torchrun spreads shards over processes. Examples:\n"
@@ -154,10 +175,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="UNet precision (bf16 on GPUs)")
     generate.set_defaults(func=_generate)
 
-    info = pair_commands.add_parser("info", help="summarise a pairs data set (pairs, shards, bytes per pair)")
+
+def _add_info(commands: argparse._SubParsersAction) -> None:
+    info = commands.add_parser("info", help="summarise a pairs data set (pairs, shards, bytes per pair)")
     info.add_argument("root")
     info.set_defaults(func=_info)
-    convert = pair_commands.add_parser(
+
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    convert = commands.add_parser(
         "convert", help="rewrite a version-1 pairs data set (raw safetensors shards) in the current format",
         description="Version 1 stored raw uint8 tensors in one safetensors file per shard; version 2 stores "
         "WebDataset tar shards of lossless images with a metadata index. The old folder is read, never changed.\n"
@@ -166,7 +192,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--out", required=True, help="new folder for the version-2 data set")
     convert.add_argument("--image-codec", choices=["png", "webp"], default="png")
     convert.set_defaults(func=_convert)
-    pair_bench = pair_commands.add_parser(
+
+
+def _add_pair_bench(commands: argparse._SubParsersAction) -> None:
+    pair_bench = commands.add_parser(
         "bench", help="measure the pair format here: pairs/s written and streamed back, bytes per pair",
         description="Writes synthetic-world pairs at each --size into --out, then streams them back with 1, 2 and 4 "
         "decoding threads; writes OUT/bench.md and bench.json.\n  distilswap pairs bench --out runs/pair_bench",
