@@ -93,27 +93,54 @@ def file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+@dataclass
+class _Subject:
+    """What one bench run measures: the student, its baked network, the identity and the inputs."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    embedding: torch.Tensor
+    feature_map: torch.Tensor
+    source: Path  # the identity file the export bakes
+    target: torch.Tensor
+    peer: torch.nn.Module
+    latent: torch.Tensor
+
+
 def run_bench(options: BenchOptions) -> dict:
-    from export.artifacts import export_artifacts
-    from facekit.identity import resolve_identity, save_identity
-    from export.onnx_export import Injector, export_graph, identity_session, ort_session, run_swapper
-    from export.peers import SimSwapGenerator
     from export.report import write_chart, write_markdown, summary
-    from student.checkpoint import load_student
-    from student.complexity import count_macs, count_params, top_layers
-    from student.idn import identity_weight_shapes
 
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; --out must be a directory")
     if out.exists() and any(out.iterdir()) and not options.force:
         raise UserError(f"{out} is not empty; pass --force to bench into it again")
+    subject = _subject(options, out)
+    report: dict = {"resolution": subject.model.config.resolution, "checkpoint": str(options.checkpoint),
+                    "options": asdict(options), "machine": _machine()}
+    report.update(_counts(subject))
+    artifacts_dir, peer_path, formats = _artifacts(options, subject, out, report)
+    report["latency"] = _latency(options, subject, artifacts_dir, peer_path, formats)
+    report["session_creation_ms"] = _session_creation(subject, artifacts_dir, peer_path)
+    report["machine"]["load_average_after"] = os.getloadavg()[0]
+    report["ratios"] = _ratios(report, options.threads)
+    report["targets"] = _targets(report)
+    report["summary"] = summary(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, out / "bench.md")
+    write_chart(report, out / "bench.png")
+    return report
+
+
+def _subject(options: BenchOptions, out: Path) -> _Subject:
+    """The student, an identity to bake (speed does not depend on it: random unless --source) and inputs."""
+    from export.peers import SimSwapGenerator
+    from facekit.identity import resolve_identity, save_identity
+    from student.checkpoint import load_student
+
     model = load_student(options.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    r, d = config.resolution, config.identity_dim
-
-    # identity to bake (speed does not depend on it)
+    r, d = model.config.resolution, model.config.identity_dim
     if options.source:
         source = Path(options.source)
         _, embedding, feature_map = resolve_identity(source, dim=d)
@@ -122,40 +149,53 @@ def run_bench(options: BenchOptions) -> dict:
         embedding = torch.nn.functional.normalize(torch.randn(1, d, generator=generator), dim=1)
         feature_map = torch.randn(1, d, 7, 7, generator=generator)
         source = save_identity(out / "random_identity.npz", embedding, feature_map)
-    net = model.bake(embedding, feature_map)
     target = torch.rand(1, 3, r, r, generator=torch.Generator().manual_seed(1))
-    report: dict = {"resolution": r, "checkpoint": str(options.checkpoint), "options": asdict(options),
-                    "machine": _machine()}
-
-    # sizes and counts
-    shapes = identity_weight_shapes(config)
-    macs = count_macs(net, (target,))
-    injector_macs = count_macs(Injector(model), (embedding, feature_map))
-    peer = SimSwapGenerator(options.peer_width).eval()
     latent = torch.nn.functional.normalize(torch.randn(1, 512), dim=1)
-    peer_macs = count_macs(peer, (target, latent))
-    report["params"] = {
-        "static_network": count_params(net),
-        "static_network_with_bn_stats": count_params(net, include_buffers=True),
-        "injector": count_params(model),
-        "per_identity_weights": int(sum(int(np.prod(s)) for s in shapes.values())),
-        "peer_simswap": count_params(peer),
-    }
-    report["macs"] = {
-        "unit": "multiply-accumulates per frame (FLOPs = 2 × MACs)",
-        "student_fvcore": macs.fvcore_macs, "student_flop_counter": macs.flop_counter_macs,
-        "injector_fvcore": injector_macs.fvcore_macs, "injector_flop_counter": injector_macs.flop_counter_macs,
-        "peer_fvcore": peer_macs.fvcore_macs, "peer_flop_counter": peer_macs.flop_counter_macs,
-        "student_flops": macs.flops,
-    }
-    report["top_layers"] = [{"layer": name, "macs": n} for name, n in top_layers(macs, 10)]
+    return _Subject(model, model.bake(embedding, feature_map), embedding, feature_map, source, target,
+                    SimSwapGenerator(options.peer_width).eval(), latent)
 
-    # artifacts (verified) and the peer graph
+
+def _counts(subject: _Subject) -> dict:
+    """Parameters and MACs (two counters) of the student, its injector and the peer; the top layers."""
+    from export.onnx_export import Injector
+    from student.complexity import count_macs, count_params, top_layers
+    from student.idn import identity_weight_shapes
+
+    shapes = identity_weight_shapes(subject.model.config)
+    macs = count_macs(subject.net, (subject.target,))
+    injector_macs = count_macs(Injector(subject.model), (subject.embedding, subject.feature_map))
+    peer_macs = count_macs(subject.peer, (subject.target, subject.latent))
+    return {
+        "params": {
+            "static_network": count_params(subject.net),
+            "static_network_with_bn_stats": count_params(subject.net, include_buffers=True),
+            "injector": count_params(subject.model),
+            "per_identity_weights": int(sum(int(np.prod(s)) for s in shapes.values())),
+            "peer_simswap": count_params(subject.peer),
+        },
+        "macs": {
+            "unit": "multiply-accumulates per frame (FLOPs = 2 × MACs)",
+            "student_fvcore": macs.fvcore_macs, "student_flop_counter": macs.flop_counter_macs,
+            "injector_fvcore": injector_macs.fvcore_macs, "injector_flop_counter": injector_macs.flop_counter_macs,
+            "peer_fvcore": peer_macs.fvcore_macs, "peer_flop_counter": peer_macs.flop_counter_macs,
+            "student_flops": macs.flops,
+        },
+        "top_layers": [{"layer": name, "macs": n} for name, n in top_layers(macs, 10)],
+    }
+
+
+def _artifacts(options: BenchOptions, subject: _Subject, out: Path, report: dict) -> tuple[Path, Path, tuple[str, ...]]:
+    """The verified export and the peer graph; file sizes and the int8 error go into the report. Returns the
+    artifacts folder, the peer file and the formats to time (an int8 file that missed its bound is not)."""
+    from export.artifacts import export_artifacts
+    from export.onnx_export import export_graph
+
     formats = ("onnx", "ort", *(("int8",) if options.calibration else ()), *(("coreml",) if options.coreml else ()))
     artifacts_dir = out / "artifacts"
-    verification = export_artifacts(options.checkpoint, source, artifacts_dir, formats, name=BENCH_NAME, force=True,
-                                     calibration=options.calibration)
-    peer_path = export_graph(peer, (target, latent), out / "peer_simswap.onnx", ("target", "latent"), ("image",),
+    verification = export_artifacts(options.checkpoint, subject.source, artifacts_dir, formats, name=BENCH_NAME,
+                                    force=True, calibration=options.calibration)
+    peer_path = export_graph(subject.peer, (subject.target, subject.latent), out / "peer_simswap.onnx",
+                             ("target", "latent"), ("image",),
                              {"artifact": "peer", "architecture": "SimSwap Generator_Adain_Upsample (random weights)"})
     files = {p.name: p for p in artifacts_dir.iterdir() if p.suffix in (".onnx", ".ort", ".mlpackage")}
     files[peer_path.name] = peer_path
@@ -165,15 +205,20 @@ def run_bench(options: BenchOptions) -> dict:
     report["int8_mean_abs_error"] = (int8_check.value if int8_check else int8_skipped["value"] if int8_skipped else None)
     if int8_skipped:
         formats = tuple(f for f in formats if f != "int8")  # missed its bound: measured, not timed
+    return artifacts_dir, peer_path, formats
 
-    # latency
-    x = target.numpy()
-    with torch.no_grad():
-        weights = {k: v[0].numpy() for k, v in model.identity_weights(embedding, feature_map).items()}
+
+def _latency(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer_path: Path,
+             formats: tuple[str, ...]) -> dict[str, dict]:
+    """Every graph at every thread count, interleaved in rounds so all see the same machine load; the peer in
+    rounds of its own, paired with the baked student."""
+    from export.onnx_export import identity_session, ort_session, run_swapper
+
+    x = subject.target.numpy()
+    weights = _identity_weights(subject)
     baked, dynamic = artifacts_dir / layout.baked(BENCH_NAME), artifacts_dir / layout.DYNAMIC
-    feeds = {"embedding": embedding.numpy(), "feature_map": feature_map.numpy()}
+    feeds = {"embedding": subject.embedding.numpy(), "feature_map": subject.feature_map.numpy()}
     latency: dict[str, dict] = {}
-    creation: dict[str, float] = {}
     for threads in tqdm(options.threads, desc="bench threads", unit="setting"):
         t = f"{threads}t"
         sessions = {
@@ -188,33 +233,40 @@ def run_bench(options: BenchOptions) -> dict:
                  for name, session in sessions.items()}
         injector = ort_session(artifacts_dir / layout.INJECTOR, "all", threads)
         calls[f"ort_injector_{t}"] = lambda: injector.run(None, feeds)
-        calls[f"torch_eager_baked_{t}"] = lambda: net(target)
-        calls[f"torch_eager_injector_{t}"] = lambda: model.identity_weights(embedding, feature_map)
+        calls[f"torch_eager_baked_{t}"] = lambda: subject.net(subject.target)
+        calls[f"torch_eager_injector_{t}"] = lambda: subject.model.identity_weights(subject.embedding, subject.feature_map)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         with torch.no_grad():
             latency.update(time_interleaved(calls, options.runs, options.warmup, f"student {t}"))
         torch.set_num_threads(torch_threads)
         peer_session = ort_session(peer_path, "all", threads)
-        peer_feeds = {"target": x, "latent": latent.numpy()}
+        peer_feeds = {"target": x, "latent": subject.latent.numpy()}
         paired = {f"ort_peer_simswap_{t}": lambda: peer_session.run(None, peer_feeds),  # the baked student runs in the same rounds,
                   f"ort_baked_paired_with_peer_{t}": calls[f"ort_baked_{t}"]}  # so both see the same load
         latency.update(time_interleaved(paired, options.peer_runs, min(options.warmup, 2), f"SimSwap-class {t}"))
-    creation["baked"] = session_creation_ms(lambda: ort_session(baked, "all", 1))
-    creation["dynamic"] = session_creation_ms(lambda: ort_session(dynamic, "all", 1))
-    creation["ort_format"] = session_creation_ms(lambda: ort_session(artifacts_dir / layout.ort(BENCH_NAME), "disable", 1))
-    creation["baked_add_initializer"] = session_creation_ms(lambda: identity_session(baked, weights, "all", 1))
-    creation["peer_simswap"] = session_creation_ms(lambda: ort_session(peer_path, "all", 1))
-    report["machine"]["load_average_after"] = os.getloadavg()[0]
-    report["latency"] = latency
-    report["session_creation_ms"] = creation
-    report["ratios"] = _ratios(report, options.threads)
-    report["targets"] = _targets(report)
-    report["summary"] = summary(report)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    write_markdown(report, out / "bench.md")
-    write_chart(report, out / "bench.png")
-    return report
+    return latency
+
+
+def _identity_weights(subject: _Subject) -> dict[str, np.ndarray]:
+    """The 18 identity conv weights the injector makes for the bench identity (inputs of the dynamic graph)."""
+    with torch.no_grad():
+        return {k: v[0].numpy() for k, v in subject.model.identity_weights(subject.embedding, subject.feature_map).items()}
+
+
+def _session_creation(subject: _Subject, artifacts_dir: Path, peer_path: Path) -> dict[str, float]:
+    """How long a phone app waits before its first frame, per graph (1 thread)."""
+    from export.onnx_export import identity_session, ort_session
+
+    baked, dynamic = artifacts_dir / layout.baked(BENCH_NAME), artifacts_dir / layout.DYNAMIC
+    weights = _identity_weights(subject)
+    return {
+        "baked": session_creation_ms(lambda: ort_session(baked, "all", 1)),
+        "dynamic": session_creation_ms(lambda: ort_session(dynamic, "all", 1)),
+        "ort_format": session_creation_ms(lambda: ort_session(artifacts_dir / layout.ort(BENCH_NAME), "disable", 1)),
+        "baked_add_initializer": session_creation_ms(lambda: identity_session(baked, weights, "all", 1)),
+        "peer_simswap": session_creation_ms(lambda: ort_session(peer_path, "all", 1)),
+    }
 
 
 def _machine() -> dict:
