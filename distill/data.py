@@ -146,7 +146,8 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
     if len(dataset) * (10 + 3 * has_truth) * resolution**2 <= max_memory_bytes:
         items = []
         for name in tqdm(dataset.shards, desc="reading pairs", unit="shard", disable=not progress):
-            items += [{k: v for k, v in pair.items() if k != "json"} for pair in read_shard(shard_path(path, name))]
+            items += [{k: v for k, v in pair.items() if k != "json"}
+                      for pair in read_shard(shard_path(path, name), size=resolution)]
         if len(items) != len(records):
             raise UserError(f"{path}: the shards hold {len(items)} pairs but the index lists {len(records)}; "
                             "delete the damaged shard and rerun `distilswap pairs generate`")

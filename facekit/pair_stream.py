@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from facekit.errors import UserError
-from facekit.pairs import read_shard, shard_path
+from facekit.pairs import ShardMismatch, read_manifest, read_shard, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class PairStream:
         if not records:
             raise UserError("no pairs to stream: the pair set (or its split) is empty")
         self.root, self.seed, self.rank, self.world = Path(root), seed, rank, world
+        self.image_size = int(read_manifest(root)["image_size"])
         self.workers, self.buffer, self.max_bad_fraction = max(1, workers), max(1, buffer), max_bad_fraction
         self.by_shard: dict[str, list[int]] = defaultdict(list)
         for record in records:
@@ -103,11 +104,18 @@ class PairStream:
     def _read(self, shard: str, wanted: set[int]) -> dict[int, dict]:
         path = shard_path(self.root, shard)
         try:
-            pairs = {int(p["json"]["pair_index"]): p for p in read_shard(path, wanted)}
+            pairs = {int(p["json"]["pair_index"]): p for p in read_shard(path, wanted, self.image_size)}
+        except ShardMismatch:
+            raise
         except UserError as err:
             pairs = {}
             self.bad.append(shard)
             log.warning("skipping %s: %s", path.name, err)
+        else:
+            if len(pairs) < len(wanted):  # the index lists pairs the shard does not hold
+                self.bad.append(shard)
+                log.warning("%s lacks %d of the %d pairs its index lists: using the rest", path.name,
+                            len(wanted) - len(pairs), len(wanted))
         if len(set(self.bad)) > self.max_bad_fraction * len(self.shards):
             raise UserError(f"{len(set(self.bad))} of {len(self.shards)} shards are damaged ({', '.join(sorted(set(self.bad))[:3])}): "
                             f"more than {self.max_bad_fraction:.0%} of the data set; regenerate them (rerun "

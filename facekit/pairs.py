@@ -187,10 +187,15 @@ def read_index(root: str | Path, shards: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def read_shard(path: str | Path, wanted: set[int] | None = None) -> Iterator[dict]:
+class ShardMismatch(UserError):
+    """A readable shard that does not belong to this data set (another resolution): refused, never skipped."""
+
+
+def read_shard(path: str | Path, wanted: set[int] | None = None, size: int | None = None) -> Iterator[dict]:
     """The pairs of one shard (or only those whose pair index is in `wanted`; the others are not decoded), in
     order: image tensors uint8 [C,S,S] under their kind, plus the JSON record under "json". Reads the tar as a
-    stream (WebDataset's layout: the members of one key are adjacent)."""
+    stream (WebDataset's layout: the members of one key are adjacent). With `size`, an image of another size
+    raises ShardMismatch."""
     path = Path(path)
     current: dict = {}
     key = None
@@ -210,6 +215,11 @@ def read_shard(path: str | Path, wanted: set[int] | None = None) -> Iterator[dic
                 data = archive.extractfile(member).read()
                 kind = rest.split(".")[0]
                 current[kind] = json.loads(data) if rest == "json" else _decode(data, member.name)
+                if size is not None and kind != "json" and tuple(current[kind].shape[1:]) != (size, size):
+                    raise ShardMismatch(f"{path} holds {current[kind].shape[2]}x{current[kind].shape[1]} images but its "
+                                        f"data set is {size}²: the shard belongs to another data set")
+    except ShardMismatch:
+        raise
     except (tarfile.TarError, OSError, ValueError, EOFError) as err:
         raise UserError(f"{path} is damaged ({type(err).__name__}: {err}): delete it and rerun "
                         "`distilswap pairs generate` with the same settings to write it again") from None
@@ -242,7 +252,7 @@ class PairDataset(torch.utils.data.Dataset):
         record = self.records[item]
         name = record["shard"]
         if self._cache is None or self._cache[0] != name:
-            self._cache = (name, list(read_shard(shard_path(self.root, name))))
+            self._cache = (name, list(read_shard(shard_path(self.root, name), size=self.manifest["image_size"])))
         pairs = self._cache[1]
         row = next((i for i, p in enumerate(pairs) if p["json"]["pair_index"] == record["pair_index"]), None)
         if row is None:

@@ -154,3 +154,15 @@ def test_the_format_benchmark_measures_writing_reading_and_size(tmp_path):
     assert row["pairs"] == 8 and 0 < row["bytes_per_pair"] < row["raw_bytes_per_pair"]
     assert row["write_pairs_per_s"] > 0 and row["read_pairs_per_s_2_threads"] > 0
     assert "| 64² |" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_a_shard_of_another_resolution_is_refused_with_the_reason(pair_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    generate_pairs(other, OracleTeacher(), tiny_experts(), total=24, shard_size=4, image_size=16, progress=False)
+    root = tmp_path / "copy"
+    shutil.copytree(pair_dir, root)
+    shutil.copy(other / "shards" / "shard-000000.tar", root / "shards" / "shard-000003.tar")
+    with pytest.raises(UserError, match="shard-000003.tar holds 16x16 images but its data set is 32²"):
+        _keys(PairStream(root, read_index(root), seed=0).samples(), 24)
