@@ -163,6 +163,6 @@ def test_a_shard_of_another_resolution_is_refused_with_the_reason(pair_dir, tmp_
     generate_pairs(other, OracleTeacher(), tiny_experts(), total=24, shard_size=4, image_size=16, progress=False)
     root = tmp_path / "copy"
     shutil.copytree(pair_dir, root)
-    shutil.copy(other / "shards" / "shard-000000.tar", root / "shards" / "shard-000003.tar")
+    shutil.copy(other / "shards" / "shard-000003.tar", root / "shards" / "shard-000003.tar")
     with pytest.raises(UserError, match="shard-000003.tar holds 16x16 images but its data set is 32²"):
         _keys(PairStream(root, read_index(root), seed=0).samples(), 24)
