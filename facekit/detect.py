@@ -40,7 +40,7 @@ def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
     return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
 
 
-def _package_file(package: str, *parts: str) -> Path:
+def package_file(package: str, *parts: str) -> Path:
     # find_spec does not import the package (face_recognition_models' __init__ needs pkg_resources).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -57,7 +57,7 @@ class LandmarkPredictor:
             import dlib
         except ImportError:
             raise UserError("the offline face detector needs dlib: pip install dlib-bin") from None
-        predictor = _package_file("face_recognition_models", "models", "shape_predictor_68_face_landmarks.dat")
+        predictor = package_file("face_recognition_models", "models", "shape_predictor_68_face_landmarks.dat")
         if not predictor.is_file():
             raise UserError(f"{predictor}: missing; reinstall face-recognition-models")
         self._predictor = dlib.shape_predictor(str(predictor))

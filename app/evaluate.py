@@ -1,0 +1,318 @@
+"""`distilswap evaluate`: swappers on real faces, scored the way face-swap papers score them, by judges that no
+swapper here trained against (app/judges.py).
+
+Every (source, target) pair is swapped by each model; the result is scored for identity (cosine of dlib's
+descriptors to the source and to the target, and top-1 retrieval of the right source among all sources), pose
+and expression kept from the target, and the background kept outside the target's face. Two built-in models
+frame the table: `target` returns the target unchanged (the floor: identity of the target, retrieval at
+chance) and `paste` pastes the source's own face onto the target (identity of the source, but the pose and
+expression of the source). Per-pair results are cached under OUT/cache, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from facekit.detect import Face
+from facekit.errors import UserError
+
+# (source image, source face, target image, target face) -> result image, all HxWx3 uint8 RGB
+Swap = Callable[[np.ndarray, Face, np.ndarray, Face], np.ndarray]
+METRICS = ("id_cos_source", "id_cos_target", "retrieval_top1", "pose_error_deg", "expression_error",
+           "background_l1", "background_psnr")
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    source: Path
+    target: Path
+    frame: int | None = None  # a frame of a target video
+
+    @property
+    def key(self) -> str:
+        text = f"{self.source.resolve()}|{self.target.resolve()}|{self.frame}"
+        return f"{self.source.stem}__{self.target.stem}{'' if self.frame is None else f'@{self.frame}'}-" \
+               f"{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def list_pairs(sources: str | Path | None, targets: str | Path | None, pairs_csv: str | Path | None,
+               frames: int = 8) -> list[EvalPair]:
+    """Every source with every target (photos, or `frames` frames spread evenly over each target video), or
+    the rows (source, target) of a CSV."""
+    from facekit.imageio import IMAGE_SUFFIXES
+    from facekit.video import VIDEO_SUFFIXES, video_info
+
+    if pairs_csv:
+        rows = [r for r in csv.reader(Path(pairs_csv).read_text().splitlines()) if r and not r[0].startswith("#")]
+        base = Path(pairs_csv).parent
+        source_files = target_files = None
+        raw = [(base / r[0].strip(), base / r[1].strip()) for r in rows if len(r) >= 2]
+    else:
+        if not sources or not targets:
+            raise UserError("pass --sources DIR and --targets DIR, or --pairs CSV")
+        source_files = _files(sources, IMAGE_SUFFIXES, "source photos")
+        target_files = _files(targets, IMAGE_SUFFIXES + VIDEO_SUFFIXES, "target photos or videos")
+        raw = [(s, t) for t in target_files for s in source_files]
+    pairs = []
+    for source, target in raw:
+        if target.suffix.lower() in VIDEO_SUFFIXES:
+            count = max(video_info(target).frames, 1)
+            picks = sorted({int(round(i * (count - 1) / max(frames - 1, 1))) for i in range(min(frames, count))})
+            pairs += [EvalPair(source, target, k) for k in picks]
+        else:
+            pairs.append(EvalPair(source, target))
+    if not pairs:
+        raise UserError("no (source, target) pairs to evaluate")
+    return pairs
+
+
+def _files(folder: str | Path, suffixes: Sequence[str], what: str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder of {what}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    if not files:
+        raise UserError(f"{folder}: no {what} ({', '.join(suffixes)})")
+    return files
+
+
+def paste_source(source: np.ndarray, source_face: Face, target: np.ndarray, target_face: Face) -> np.ndarray:
+    """The source's own face, aligned onto the target's (the identity ceiling of a swap, and no swap at all)."""
+    import cv2
+
+    from facekit.align import estimate_transform, paste_back, transform_points, warp_face
+
+    size = 224
+    from_source = estimate_transform(source_face.landmarks5, size, mode="affine")
+    crop = warp_face(source, from_source, size)
+    mask = np.zeros((size, size), np.float32)
+    hull = cv2.convexHull(transform_points(source_face.landmarks68, from_source).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1.0)
+    return paste_back(target, crop, estimate_transform(target_face.landmarks5, size, mode="affine"), mask)
+
+
+def model_swap(model: str | Path, embedder: str | Path | None, detector) -> Swap:
+    """A student checkpoint or an export folder as a Swap: each source's identity comes from `embedder`."""
+    from app.swap import FaceSwapRun, open_swapper
+    from facekit.identity import identity_from_image
+
+    if embedder is None:
+        raise UserError(f"--model {model}: a student or an export folder needs --embedder to read each source's identity")
+    from facekit.expert_loader import load_embedder
+
+    identity_model = load_embedder(embedder)
+    swappers: dict[bytes, object] = {}
+
+    def swap(source: np.ndarray, source_face: Face, target: np.ndarray, target_face: Face) -> np.ndarray:
+        key = hashlib.sha256(source.tobytes()).digest()
+        if key not in swappers:
+            identity = identity_from_image(source, _Fixed([source_face]), identity_model)
+            swappers[key] = open_swapper(model, identity)
+        return FaceSwapRun(_Fixed([target_face]), swappers[key], face_index=0)(target)[0]
+
+    return swap
+
+
+class _Fixed:
+    """A detector that returns the faces it was given (the evaluation has already found them)."""
+
+    def __init__(self, faces: list[Face]):
+        self.faces = faces
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        return self.faces
+
+    detect = __call__
+
+
+def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path, detector, progress: bool = True,
+             sheet_rows: int = 8) -> dict:
+    """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png."""
+    from tqdm import tqdm
+
+    from app.judges import DlibRecognizer
+    from facekit.imageio import write_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recognizer = DlibRecognizer()
+    faces = _FaceCache(detector, recognizer)
+    skipped: list[dict] = []
+    usable = []
+    for pair in pairs:
+        problem = faces.problem(pair)
+        if problem:
+            skipped.append({"source": str(pair.source), "target": str(pair.target), "frame": pair.frame, "reason": problem})
+        else:
+            usable.append(pair)
+    if not usable:
+        raise UserError(f"none of the {len(pairs)} pairs has a face in both photos (first problem: {skipped[0]['reason']})")
+    gallery = {path: faces.source(path)[2] for path in dict.fromkeys(p.source for p in usable)}
+    rows: list[dict] = []
+    sheet: list[list[np.ndarray]] = []
+    for pair in tqdm(usable, desc="evaluate", unit="pair", disable=not progress):
+        source, source_face, _ = faces.source(pair.source)
+        target, target_face, target_descriptor = faces.target(pair)
+        shown = [source, target]
+        for name, swap in models.items():
+            cached = out / "cache" / _slug(name) / f"{pair.key}.json"
+            result = None
+            if cached.is_file():
+                row = json.loads(cached.read_text())
+            else:
+                result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
+                row = _score(result, pair, target, target_face, target_descriptor, gallery, recognizer, detector)
+                row.update({"model": name, "source": str(pair.source), "target": str(pair.target), "frame": pair.frame})
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(row))
+            rows.append(row)
+            if len(sheet) < sheet_rows:
+                if result is None:
+                    result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
+                shown.append(result)
+        if len(sheet) < sheet_rows:
+            sheet.append([_face_tile(image, target_face if i else source_face) for i, image in enumerate(shown)])
+    summary = _summary(rows, list(models), len(gallery))
+    report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
+              "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
+                         "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
+              "fid": "skipped: no Inception weights given (nothing is downloaded)"}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    _write_csv(out / "pairs.csv", rows)
+    (out / "results.md").write_text(_markdown(report))
+    if sheet:
+        write_image(out / "sheet.png", np.concatenate([np.concatenate(r, axis=1) for r in sheet], axis=0))
+    return report
+
+
+class _FaceCache:
+    """Each photo read, its largest face found and described once."""
+
+    def __init__(self, detector, recognizer):
+        self.detector, self.recognizer = detector, recognizer
+        self._faces: dict[tuple, tuple | str] = {}
+
+    def _load(self, path: Path, frame: int | None) -> tuple | str:
+        key = (path, frame)
+        if key not in self._faces:
+            try:
+                image = _read(path, frame)
+            except UserError as err:
+                self._faces[key] = str(err)
+                return self._faces[key]
+            found = self.detector.detect(image)
+            if not found or found[0].landmarks68 is None:
+                self._faces[key] = f"{path.name}{'' if frame is None else f' frame {frame}'}: no face found"
+            else:
+                face = found[0]
+                self._faces[key] = (image, face, self.recognizer.descriptor(image, face.bbox, face.landmarks68))
+        return self._faces[key]
+
+    def problem(self, pair: EvalPair) -> str | None:
+        for loaded in (self._load(pair.source, None), self._load(pair.target, pair.frame)):
+            if isinstance(loaded, str):
+                return loaded
+        return None
+
+    def source(self, path: Path) -> tuple:
+        return self._load(path, None)
+
+    def target(self, pair: EvalPair) -> tuple:
+        return self._load(pair.target, pair.frame)
+
+
+def _read(path: Path, frame: int | None) -> np.ndarray:
+    from facekit.imageio import read_image
+
+    if frame is None:
+        return read_image(path)
+    from facekit.video import iter_frames
+
+    for index, image in enumerate(iter_frames(path)):
+        if index == frame:
+            return image
+    raise UserError(f"{path}: has no frame {frame}")
+
+
+def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: Face, target_descriptor: np.ndarray,
+           gallery: dict[Path, np.ndarray], recognizer, detector) -> dict:
+    from app.judges import angle_error, expression, face_region, head_pose
+
+    predictor = getattr(detector, "predictor", None)
+    if predictor is None:
+        from facekit.detect import LandmarkPredictor
+
+        predictor = LandmarkPredictor()
+    landmarks = predictor(result, target_face.bbox)  # the face where the target's was, as the swap left it
+    descriptor = recognizer.descriptor(result, target_face.bbox, landmarks)
+    names = list(gallery)
+    similarities = np.array([float(descriptor @ gallery[name]) for name in names])
+    h, w = target.shape[:2]
+    outside = ~face_region((h, w), target_face.landmarks68)
+    diff = np.abs(result.astype(np.float64) - target.astype(np.float64))[outside] / 255.0
+    mse = float((diff**2).mean()) if diff.size else 0.0
+    return {
+        "id_cos_source": float(descriptor @ gallery[pair.source]),
+        "id_cos_target": float(descriptor @ target_descriptor),
+        "retrieval_top1": float(names[int(similarities.argmax())] == pair.source),
+        "pose_error_deg": angle_error(head_pose(landmarks, w, h), head_pose(target_face.landmarks68, w, h)),
+        "expression_error": float(np.abs(expression(landmarks) - expression(target_face.landmarks68)).mean()),
+        "background_l1": float(diff.mean()) if diff.size else 0.0,
+        "background_psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else 100.0,
+    }
+
+
+def _summary(rows: list[dict], models: list[str], sources: int) -> dict[str, dict]:
+    summary = {}
+    for name in models:
+        mine = [r for r in rows if r["model"] == name]
+        summary[name] = {m: float(np.mean([r[m] for r in mine])) for m in METRICS}
+        summary[name]["pairs"] = len(mine)
+        summary[name]["retrieval_chance"] = 1.0 / sources
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = ["model", "source", "target", "frame", *METRICS]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _markdown(report: dict) -> str:
+    head = ["model", "id cos to source ↑", "id cos to target", "top-1 retrieval ↑", "pose error (°) ↓",
+            "expression error ↓", "background L1 ↓", "background PSNR ↑"]
+    lines = [f"# Swaps of {report['pairs']} real (source, target) pairs", "",
+             f"Identity by {report['judges']['identity']}; retrieval among {report['sources']} sources (chance "
+             f"{1 / report['sources']:.2f}); pose by {report['judges']['pose']}; FID {report['fid']}.", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, m in report["models"].items():
+        lines.append(f"| {name} | {m['id_cos_source']:.3f} | {m['id_cos_target']:.3f} | {m['retrieval_top1']:.2f} | "
+                     f"{m['pose_error_deg']:.1f} | {m['expression_error']:.3f} | {m['background_l1']:.4f} | "
+                     f"{m['background_psnr']:.1f} |")
+    if report["skipped"]:
+        lines += ["", f"Skipped {len(report['skipped'])} pair(s):"]
+        lines += [f"- {s['source']} → {s['target']}: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def _face_tile(image: np.ndarray, face: Face, size: int = 128) -> np.ndarray:
+    """The face's box, enlarged, as a square tile for the contact sheet."""
+    import cv2
+
+    x0, y0, x1, y1 = face.bbox
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 0.9
+    matrix = np.array([[size / (2 * half), 0, size / 2 - cx * size / (2 * half)],
+                       [0, size / (2 * half), size / 2 - cy * size / (2 * half)]])
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:] + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
