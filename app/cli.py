@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--out", required=True, help="output photo (.png/.jpg) or video (.mp4)")
     swap.add_argument("--face-index", type=int, help="swap only this face (0 = largest); default: all faces")
     swap.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
+    swap.add_argument("--onnx-emap", action="store_true",
+                      help="a one-shot ONNX swapper (inputs target + source, e.g. inswapper_128): map the source "
+                      "embedding by the file's last initializer (inswapper's emap)")
     swap.add_argument("--no-smooth", action="store_true", help="videos: no temporal landmark smoothing")
     swap.add_argument("--detect-every", type=int, default=TrackerSettings.every, metavar="N",
                       help="videos: detect faces every N frames and track them in between (1 = every frame; default %(default)s)")
@@ -54,13 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--embedder arcface.pdparams --sources photos/sources --targets photos/targets --out runs/eval_real",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("--model", action="append", required=True,
-                          help="`target`, `paste`, a student .safetensors or an export folder; repeat to compare")
+                          help="`target`, `paste`, a student .safetensors, an export folder or a one-shot ONNX swapper "
+                          "(e.g. inswapper_128.onnx with --onnx-emap); repeat to compare")
     evaluate.add_argument("--sources", help="folder of source photos")
     evaluate.add_argument("--targets", help="folder of target photos or videos")
     evaluate.add_argument("--pairs", help="CSV of source,target paths (relative to the CSV) instead of the folders")
     evaluate.add_argument("--frames", type=int, default=8, help="frames sampled evenly from each target video (default 8)")
     evaluate.add_argument("--embedder", help="identity embedder the students read sources with (small-experts folder, "
                           "ArcFace checkpoint or ONNX)")
+    evaluate.add_argument("--onnx-emap", action="store_true",
+                          help="one-shot ONNX swappers: map the source embedding by the file's emap (inswapper)")
     evaluate.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.set_defaults(func=_evaluate)
@@ -86,7 +92,7 @@ def _swap(args: argparse.Namespace) -> int:
     identity = resolve_identity(args.source, args.embedder, detector=detector)[1:] if args.source else None
     target = Path(args.target)
     video = target.suffix.lower() in VIDEO_SUFFIXES
-    swapper = open_swapper(args.model, identity, threads=1 if video else 0)
+    swapper = open_swapper(args.model, identity, threads=1 if video else 0, use_emap=args.onnx_emap)
     if video:
         _swap_video(args, target, detector, swapper)
     else:
@@ -146,7 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         elif name == "paste":
             models[name] = paste_source
         else:
-            models[name] = model_swap(name, args.embedder, detector)
+            models[name] = model_swap(name, args.embedder, detector, args.onnx_emap)
     report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector)
     print(open(f"{args.out}/results.md").read())
     if report["skipped"]:

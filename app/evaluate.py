@@ -97,13 +97,14 @@ def paste_source(source: np.ndarray, source_face: Face, target: np.ndarray, targ
     return paste_back(target, crop, estimate_transform(target_face.landmarks5, size, mode="affine"), mask)
 
 
-def model_swap(model: str | Path, embedder: str | Path | None, detector) -> Swap:
-    """A student checkpoint or an export folder as a Swap: each source's identity comes from `embedder`."""
+def model_swap(model: str | Path, embedder: str | Path | None, detector, use_emap: bool = False) -> Swap:
+    """A student checkpoint, an export folder or a one-shot ONNX swapper as a Swap: each source's identity
+    comes from `embedder`."""
     from app.swap import FaceSwapRun, open_swapper
     from facekit.identity import identity_from_image
 
     if embedder is None:
-        raise UserError(f"--model {model}: a student or an export folder needs --embedder to read each source's identity")
+        raise UserError(f"--model {model}: a swapper model needs --embedder to read each source's identity")
     from facekit.expert_loader import load_embedder
 
     identity_model = load_embedder(embedder)
@@ -113,7 +114,7 @@ def model_swap(model: str | Path, embedder: str | Path | None, detector) -> Swap
         key = hashlib.sha256(source.tobytes()).digest()
         if key not in swappers:
             identity = identity_from_image(source, _Fixed([source_face]), identity_model)
-            swappers[key] = open_swapper(model, identity)
+            swappers[key] = open_swapper(model, identity, use_emap=use_emap)
         return FaceSwapRun(_Fixed([target_face]), swappers[key], face_index=0)(target)[0]
 
     return swap

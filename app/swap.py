@@ -87,6 +87,24 @@ class OnnxSwapper:
         return _to_numpy(np.concatenate(images), np.concatenate(masks))
 
 
+class ExternalSwapper:
+    """A one-shot ONNX swapper of another project (facekit.onnx_swapper, e.g. inswapper_128) with one source
+    identity: crops aligned by a similarity to the ArcFace template at its size, as insightface aligns them."""
+
+    align_mode = "similarity"
+
+    def __init__(self, path: str | Path, embedding: torch.Tensor, use_emap: bool = False):
+        from facekit.onnx_swapper import OneShotOnnxSwapper
+
+        self.model = OneShotOnnxSwapper(path, use_emap)
+        self.size = self.model.size or 128
+        self.latent = self.model.latent(embedding.detach().cpu().numpy())
+
+    def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.model(_to_tensor(crops).numpy(), self.latent)
+        return out.transpose(0, 2, 3, 1).clip(0, 1), np.ones((len(crops), self.size, self.size), np.float32)
+
+
 @dataclass
 class Prepared:
     """A frame with its aligned face crops, between tracking and swapping."""
@@ -126,7 +144,7 @@ class FaceSwapRun:
                 landmarks = np.asarray(face.landmarks5, dtype=np.float64)
                 if self.smooth_rate:
                     landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
-                matrix = estimate_transform(landmarks, self.swapper.size, mode=ALIGN_MODE)
+                matrix = estimate_transform(landmarks, self.swapper.size, mode=getattr(self.swapper, "align_mode", ALIGN_MODE))
                 prepared.transforms.append(matrix)
                 prepared.crops.append(warp_face(frame, matrix, self.swapper.size))
         return prepared
@@ -145,8 +163,9 @@ class FaceSwapRun:
         return out
 
 
-def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0) -> CropSwapper:
-    """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), or an export folder; `threads`
+def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0, use_emap: bool = False) -> CropSwapper:
+    """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), an export folder, or another
+    project's one-shot ONNX swapper (inputs `target` and `source`; `use_emap` for inswapper's emap); `threads`
     for ONNX Runtime (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
     model = Path(model)
     if model.is_dir():
@@ -158,8 +177,24 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
+        if _is_one_shot(model):
+            if identity is None:
+                raise UserError(f"{model} is a one-shot swapper: it needs --source (a face photo and --embedder)")
+            return ExternalSwapper(model, identity[0], use_emap)
         return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), threads)
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
+
+
+def _is_one_shot(path: Path) -> bool:
+    """Inputs `target` and `source` (an identity vector): another project's one-shot swapper."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return False  # OnnxSwapper names the problem
+    inputs = {i.name for i in graph.input} - {init.name for init in graph.initializer}
+    return inputs == {"target", "source"}
 
 
 def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[str, np.ndarray] | None:

@@ -156,35 +156,21 @@ class DiffusionTeacher:
 
 
 class OnnxTeacher:
-    """A one-shot swapper exported to ONNX, from a local file: inputs `target` (RGB [0,1], [B,3,S,S]) and
-    `source` (identity vector [B,D]), output the swapped face in [0,1] (insightface's inswapper_128 has this
-    interface). The source vector is the experts' embedding, optionally mapped by the file's last initializer
-    (`use_emap`, inswapper's `emap`); it must be the embedding space the swapper was trained with. The blend
-    mask is the parser's kept classes on the target (all ones without a parser)."""
+    """A one-shot swapper exported to ONNX (facekit.onnx_swapper: insightface's inswapper_128 interface). The
+    source vector is the experts' embedding, optionally mapped by the file's `emap`; the blend mask is the
+    parser's kept classes on the target (all ones without a parser)."""
 
     kind = "onnx"
 
     def __init__(self, path: str, experts, use_emap: bool = False):
-        import onnx
-        import onnxruntime as ort
-        from onnx import numpy_helper
+        from facekit.onnx_swapper import OneShotOnnxSwapper
 
-        if not Path(path).is_file():
-            raise UserError(f"ONNX swapper {path} not found")
-        model = onnx.load(path)
-        names = [i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
-        if sorted(names) != ["source", "target"]:
-            raise UserError(f"{path}: an ONNX teacher needs inputs 'target' and 'source', found {names}")
-        self.emap = torch.from_numpy(numpy_helper.to_array(model.graph.initializer[-1]).copy()) if use_emap else None
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        shape = next(i for i in self.session.get_inputs() if i.name == "target").shape
-        self.size = shape[-1] if isinstance(shape[-1], int) else None
-        self.batched = not isinstance(shape[0], int) or shape[0] != 1
+        self.swapper = OneShotOnnxSwapper(path, use_emap)
         self.experts, self.path = experts, path
         self.snapshots = [{"id": Path(path).stem, "fraction": 1.0}]
 
     def settings(self) -> dict:
-        return {"onnx": str(self.path), "emap": self.emap is not None}
+        return {"onnx": str(self.path), "emap": self.swapper.emap is not None}
 
     def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from facekit.bisenet import KEPT_CLASSES, class_mask
@@ -192,17 +178,12 @@ class OnnxTeacher:
         from .experts import to_model
 
         f = torch.nn.functional
-        size = job.target.shape[-1]
+        size, wanted = job.target.shape[-1], self.swapper.size
         with torch.no_grad():
-            source = self.experts.identity(to_model(job.source)).float().cpu()
-            if self.emap is not None:
-                source = f.normalize(source @ self.emap, dim=1)
-            target = job.target if self.size in (None, size) else f.interpolate(
-                job.target, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-            rows = [slice(None)] if self.batched else [slice(i, i + 1) for i in range(target.shape[0])]
-            out = torch.cat([torch.from_numpy(self.session.run(None, {
-                "target": target[r].numpy().astype("float32"), "source": source[r].numpy().astype("float32")})[0])
-                for r in rows])
+            latent = self.swapper.latent(self.experts.identity(to_model(job.source)).float().cpu().numpy())
+            target = job.target if wanted in (None, size) else f.interpolate(
+                job.target, size=(wanted, wanted), mode="bilinear", antialias=True, align_corners=False)
+            out = torch.from_numpy(self.swapper(target.numpy(), latent))
             if out.shape[-1] != size:
                 out = f.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             mask = (class_mask(self.experts.parse(to_model(job.target)), KEPT_CLASSES) if self.experts.parser is not None

@@ -76,3 +76,23 @@ def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(p
         assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == first["models"]
     finally:
         (photos / "targets" / "wall.png").unlink()
+
+
+def test_a_one_shot_onnx_swapper_of_another_project_is_a_model_for_swap_and_evaluate(photos, tmp_path):
+    from test_teacher_pairs import tiny_onnx_swapper
+
+    tiny_onnx_swapper(tmp_path / "inswapper_like.onnx", size=128)
+    source, target = photos / "sources" / "person1.png", photos / "targets" / "person0.png"
+    out = tmp_path / "swapped.png"
+    assert distilswap.main(["swap", "--model", str(tmp_path / "inswapper_like.onnx"), "--onnx-emap", "--source",
+                            str(source), "--embedder", "models/experts", "--target", str(target), "--out", str(out)]) == 0
+    before, after = read_image(target), read_image(out)
+    face = DlibDetector().detect(before)[0]
+    changed = np.abs(after.astype(int) - before).sum(2) > 0
+    x0, y0, x1, y1 = face.bbox.astype(int)
+    assert changed[y0:y1, x0:x1].mean() > 0.5 and changed.mean() < 0.5  # the face replaced, the rest kept
+    assert distilswap.main(["evaluate", "--model", str(tmp_path / "inswapper_like.onnx"), "--onnx-emap", "--embedder",
+                            "models/experts", "--sources", str(photos / "sources"), "--targets", str(photos / "targets"),
+                            "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert report["pairs"] == 9 and 0 < report["models"][str(tmp_path / "inswapper_like.onnx")]["background_l1"] < 0.05
