@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--frames", type=int, default=8, help="frames sampled evenly from each target video (default 8)")
     evaluate.add_argument("--embedder", help="identity embedder the students read sources with (small-experts folder, "
                           "ArcFace checkpoint or ONNX)")
+    evaluate.add_argument("--recognizer", action="append", default=[],
+                          help="another identity judge (insightface ArcFace .onnx, IR-SE checkpoint, small-experts "
+                          "folder): cosine and retrieval on aligned 112² crops; repeat for several")
     evaluate.add_argument("--onnx-emap", action="store_true",
                           help="one-shot ONNX swappers: map the source embedding by the file's emap (inswapper)")
     evaluate.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
@@ -138,6 +141,8 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from app.evaluate import evaluate, list_pairs, model_swap, paste_source
     from facekit.detect import make_detector
     from facekit.errors import UserError
@@ -153,7 +158,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             models[name] = paste_source
         else:
             models[name] = model_swap(name, args.embedder, detector, args.onnx_emap)
-    report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector)
+    from facekit.expert_loader import load_embedder
+
+    recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}
+    report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector,
+                      recognizers=recognizers)
     print(open(f"{args.out}/results.md").read())
     if report["skipped"]:
         print(f"distilswap: warning: {len(report['skipped'])} pair(s) skipped, listed in {args.out}/results.md")

@@ -133,8 +133,10 @@ class _Fixed:
 
 
 def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path, detector, progress: bool = True,
-             sheet_rows: int = 8) -> dict:
-    """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png."""
+             sheet_rows: int = 8, recognizers: dict[str, object] | None = None) -> dict:
+    """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png.
+    recognizers: more identity judges (name -> embedder on aligned 112² ArcFace crops), e.g. an insightface
+    ArcFace ONNX, scored like dlib's: cosine to the source and top-1 retrieval."""
     from tqdm import tqdm
 
     from app.judges import DlibRecognizer
@@ -155,6 +157,8 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     if not usable:
         raise UserError(f"none of the {len(pairs)} pairs has a face in both photos (first problem: {skipped[0]['reason']})")
     gallery = {path: faces.source(path)[2] for path in dict.fromkeys(p.source for p in usable)}
+    judges = {name: _Judge(embedder, {path: faces.source(path)[:2] for path in gallery})
+              for name, embedder in (recognizers or {}).items()}
     rows: list[dict] = []
     sheet: list[list[np.ndarray]] = []
     for pair in tqdm(usable, desc="evaluate", unit="pair", disable=not progress):
@@ -169,6 +173,9 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
             else:
                 result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
                 row = _score(result, pair, target, target_face, target_descriptor, gallery, recognizer, detector)
+                landmarks5 = row.pop("_landmarks5")
+                for judge_name, judge in judges.items():
+                    row.update(judge.score(result, landmarks5, pair.source, judge_name))
                 row.update({"model": name, "source": str(pair.source), "target": str(pair.target), "frame": pair.frame})
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 cached.write_text(json.dumps(row))
@@ -179,7 +186,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
                 shown.append(result)
         if len(sheet) < sheet_rows:
             sheet.append([_face_tile(image, target_face if i else source_face) for i, image in enumerate(shown)])
-    summary = _summary(rows, list(models), len(gallery))
+    summary = _summary(rows, list(models), len(gallery), [f"{n}_{m}" for n in judges for m in ("cos_source", "retrieval_top1")])
     report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
                          "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
@@ -244,6 +251,7 @@ def _read(path: Path, frame: int | None) -> np.ndarray:
 def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: Face, target_descriptor: np.ndarray,
            gallery: dict[Path, np.ndarray], recognizer, detector) -> dict:
     from app.judges import angle_error, expression, face_region, head_pose
+    from facekit.detect import landmarks68_to_5
 
     predictor = getattr(detector, "predictor", None)
     if predictor is None:
@@ -259,6 +267,7 @@ def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: 
     diff = np.abs(result.astype(np.float64) - target.astype(np.float64))[outside] / 255.0
     mse = float((diff**2).mean()) if diff.size else 0.0
     return {
+        "_landmarks5": landmarks68_to_5(landmarks).tolist(),
         "id_cos_source": float(descriptor @ gallery[pair.source]),
         "id_cos_target": float(descriptor @ target_descriptor),
         "retrieval_top1": float(names[int(similarities.argmax())] == pair.source),
@@ -269,18 +278,43 @@ def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: 
     }
 
 
-def _summary(rows: list[dict], models: list[str], sources: int) -> dict[str, dict]:
+class _Judge:
+    """Another recognizer: cosine and retrieval on aligned 112² ArcFace crops (sources embedded once)."""
+
+    def __init__(self, embedder, sources: dict[Path, tuple[np.ndarray, Face]]):
+        self.embedder = embedder.eval()
+        self.gallery = {path: self._embed(image, face.landmarks5) for path, (image, face) in sources.items()}
+
+    def _embed(self, image: np.ndarray, landmarks5) -> np.ndarray:
+        import torch
+
+        from facekit.align import estimate_transform, warp_face
+
+        crop = warp_face(image, estimate_transform(np.asarray(landmarks5), 112, mode="similarity"), 112)
+        with torch.no_grad():
+            vector = self.embedder(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255)[0][0].numpy()
+        return vector / max(float(np.linalg.norm(vector)), 1e-8)
+
+    def score(self, result: np.ndarray, landmarks5, source: Path, name: str) -> dict[str, float]:
+        vector = self._embed(result, landmarks5)
+        names = list(self.gallery)
+        best = names[int(np.argmax([vector @ self.gallery[n] for n in names]))]
+        return {f"{name}_cos_source": float(vector @ self.gallery[source]), f"{name}_retrieval_top1": float(best == source)}
+
+
+def _summary(rows: list[dict], models: list[str], sources: int, extra: list[str]) -> dict[str, dict]:
     summary = {}
     for name in models:
         mine = [r for r in rows if r["model"] == name]
-        summary[name] = {m: float(np.mean([r[m] for r in mine])) for m in METRICS}
+        summary[name] = {m: float(np.mean([r[m] for r in mine])) for m in (*METRICS, *extra) if all(m in r for r in mine)}
         summary[name]["pairs"] = len(mine)
         summary[name]["retrieval_chance"] = 1.0 / sources
     return summary
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = ["model", "source", "target", "frame", *METRICS]
+    columns = ["model", "source", "target", "frame", *METRICS,
+               *sorted({k for r in rows for k in r if k.endswith(("_cos_source", "_retrieval_top1")) and k not in METRICS})]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -294,10 +328,13 @@ def _markdown(report: dict) -> str:
              f"Identity by {report['judges']['identity']}; retrieval among {report['sources']} sources (chance "
              f"{1 / report['sources']:.2f}); pose by {report['judges']['pose']}; FID {report['fid']}.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    extra = [k for k in next(iter(report["models"].values())) if k not in (*METRICS, "pairs", "retrieval_chance")]
+    lines[-2] = lines[-2][:-2] + "".join(f" | {k.replace('_', ' ')}" for k in extra) + " |"
+    lines[-1] = lines[-1] + "---:|" * len(extra)
     for name, m in report["models"].items():
         lines.append(f"| {name} | {m['id_cos_source']:.3f} | {m['id_cos_target']:.3f} | {m['retrieval_top1']:.2f} | "
                      f"{m['pose_error_deg']:.1f} | {m['expression_error']:.3f} | {m['background_l1']:.4f} | "
-                     f"{m['background_psnr']:.1f} |")
+                     f"{m['background_psnr']:.1f} |" + "".join(f" {m[k]:.3f} |" for k in extra))
     if report["skipped"]:
         lines += ["", f"Skipped {len(report['skipped'])} pair(s):"]
         lines += [f"- {s['source']} → {s['target']}: {s['reason']}" for s in report["skipped"]]
