@@ -44,6 +44,7 @@ class BenchOptions:
     coreml: bool = True
     peer_width: float = 1.0
     force: bool = False
+    peers: tuple[str, ...] = ()  # other swappers' ONNX files
 
     @classmethod
     def from_args(cls, args) -> "BenchOptions":
@@ -55,8 +56,11 @@ class BenchOptions:
             raise UserError(f"--threads must list positive integers like 1,2, got {args.threads!r}")
         if args.runs < 1 or args.peer_runs < 1 or args.warmup < 0:
             raise UserError("--runs and --peer-runs must be ≥ 1 and --warmup ≥ 0")
+        for peer in args.peer:
+            if not Path(peer).is_file() or Path(peer).suffix.lower() != ".onnx":
+                raise UserError(f"--peer {peer}: no such ONNX file")
         return cls(args.checkpoint, args.out, args.source, args.runs, args.warmup, args.peer_runs, threads,
-                   args.calibration, not args.no_coreml, args.peer_width, args.force)
+                   args.calibration, not args.no_coreml, args.peer_width, args.force, tuple(args.peer))
 
 
 def percentiles(times_s: list[float]) -> dict[str, float]:
@@ -120,6 +124,7 @@ def run_bench(options: BenchOptions) -> dict:
                     "options": asdict(options), "machine": _machine()}
     report.update(_counts(subject))
     artifacts_dir, peer_path, formats = _artifacts(options, subject, out, report)
+    report["peers"] = _peer_counts(options, subject, artifacts_dir, peer_path)
     report["latency"] = _latency(options, subject, artifacts_dir, peer_path, formats)
     report["session_creation_ms"] = _session_creation(subject, artifacts_dir, peer_path)
     report["machine"]["load_average_after"] = os.getloadavg()[0]
@@ -245,7 +250,35 @@ def _latency(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer
         paired = {f"ort_peer_simswap_{t}": lambda: peer_session.run(None, peer_feeds),  # the baked student runs in the same rounds,
                   f"ort_baked_paired_with_peer_{t}": calls[f"ort_baked_{t}"]}  # so both see the same load
         latency.update(time_interleaved(paired, options.peer_runs, min(options.warmup, 2), f"SimSwap-class {t}"))
+        for peer in options.peers:
+            session = ort_session(peer, "all", threads)
+            peer_inputs = _random_feeds(session)
+            paired = {f"ort_{Path(peer).stem}_{t}": lambda s=session, f=peer_inputs: s.run(None, f),
+                      f"ort_baked_paired_with_{Path(peer).stem}_{t}": calls[f"ort_baked_{t}"]}
+            latency.update(time_interleaved(paired, options.peer_runs, min(options.warmup, 2), f"{Path(peer).stem} {t}"))
     return latency
+
+
+def _random_feeds(session) -> dict[str, np.ndarray]:
+    """Inputs for a foreign graph: its declared shapes (free dimensions = 1), values in [0, 1)."""
+    generator = np.random.default_rng(0)
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in value.shape]
+        if "float" not in value.type:
+            raise UserError(f"peer input {value.name!r} is {value.type}: only float inputs can be fed random data")
+        feeds[value.name] = generator.random(shape, dtype=np.float32)
+    return feeds
+
+
+def _peer_counts(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer_path: Path) -> dict[str, dict]:
+    """Parameters and MACs counted from each graph (export/onnx_macs.py), the student's own export and the
+    built-in SimSwap-class generator included, so the counter is checked against the torch counters."""
+    from export.onnx_macs import onnx_counts
+
+    graphs = {"student (baked export)": artifacts_dir / layout.baked(BENCH_NAME), "SimSwap-class (built in)": peer_path,
+              **{Path(p).stem: Path(p) for p in options.peers}}
+    return {name: {**onnx_counts(path), "file_bytes": file_size(path)} for name, path in graphs.items()}
 
 
 def _identity_weights(subject: _Subject) -> dict[str, np.ndarray]:
@@ -293,6 +326,9 @@ def _ratios(report: dict, threads: tuple[int, ...]) -> dict[str, float]:
             ratios[f"ort_format_over_onnx_{t}t"] = p50("ort_format") / p50("ort_baked")
         if f"ort_int8_{t}t" in latency:
             ratios[f"int8_over_fp32_{t}t"] = p50("ort_int8") / p50("ort_baked")
+        for peer in report["options"]["peers"]:
+            name = Path(peer).stem
+            ratios[f"{name}_over_baked_{t}t"] = p50(f"ort_{name}") / p50(f"ort_baked_paired_with_{name}")
     return ratios
 
 

@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts (default 1,2)")
     bench.add_argument("--calibration", help="face crops for the int8 variant (default: int8 is skipped)")
     bench.add_argument("--no-coreml", action="store_true", help="skip the Core ML file sizes")
+    bench.add_argument("--peer", action="append", default=[], metavar="FILE.onnx",
+                       help="another swapper's ONNX file (inswapper_128, SimSwap, HyperSwap ...): parameters, MACs "
+                       "counted from its graph, file size and latency beside the student's; repeat for several")
     bench.add_argument("--peer-width", type=float, default=1.0, help=argparse.SUPPRESS)  # tiny peers for tests
     bench.add_argument("--force", action="store_true", help="reuse a non-empty --out")
     bench.set_defaults(func=_bench)

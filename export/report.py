@@ -33,6 +33,20 @@ def write_markdown(report: dict, path: str | Path) -> Path:
     lines += ["", "## Top 10 layers of the per-frame network", "", "| layer | MACs | share |", "|---|---:|---:|"]
     lines += [f"| `{row['layer']}` | {row['macs'] / 1e6:.2f} M | {100 * row['macs'] / macs['student_fvcore']:.1f}% |"
               for row in report["top_layers"]]
+    t = min(report["options"]["threads"])
+    lines += ["", "## Next to other swappers (counted from each ONNX graph, batch 1)", "",
+              f"| model | parameters | MACs | file MB | p50 ms, {t} thread(s) | vs the student |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in report["peers"].items():
+        key = {"student (baked export)": "ort_baked", "SimSwap-class (built in)": "ort_peer_simswap"}.get(name, f"ort_{name}")
+        ms = report["latency"].get(f"{key}_{t}t", {}).get("p50_ms")
+        ratio = {"ort_baked": 1.0, "ort_peer_simswap": report["ratios"].get(f"peer_over_baked_{t}t")}.get(
+            key, report["ratios"].get(f"{name}_over_baked_{t}t"))
+        lines.append(f"| {name} | {row['params'] / 1e6:.2f} M | {row['macs'] / 1e9:.3f} G | {row['file_bytes'] / 1e6:.2f} | "
+                     f"{'—' if ms is None else f'{ms:.2f}'} | {'—' if ratio is None else f'{ratio:.1f}×'} |")
+    lines += ["", "The built-in SimSwap-class peer is SimSwap's 224² generator alone (Generator_Adain_Upsample, random "
+              "weights); MobileFaceSwap's paper lists SimSwap at 107 M / 55.7 G, which likely counts more than the "
+              "generator (its ArcFace, its discriminator or its 512² variant). MACs here count convolutions, matrix "
+              "products, bilinear resizes and BatchNorm, as student/complexity.py counts the student."]
     lines += ["", "## Latency (ms)", "", "| measurement | p50 | p90 | p99 | runs |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['runs']} |"
               for name, v in report["latency"].items()]

@@ -66,6 +66,7 @@ CASES = [
     (["export", "verify", "{d}"], "no manifest.json"),
     (["bench", "--checkpoint", "{d}/junk.safetensors", "--out", "{d}/b"], "not a readable safetensors file"),
     (["bench", "--checkpoint", "{d}/none.safetensors", "--out", "{d}/b", "--runs", "0"], "--runs and --peer-runs"),
+    (["bench", "--checkpoint", "{d}/junk.safetensors", "--out", "{d}/b", "--peer", "{d}/afile"], "--peer"),
     (["swap", "--model", "{d}/junk.safetensors", "--source", "{d}/afile", "--target", "{d}/noise.png",
       "--out", "{d}/o.png"], "unknown source type"),
     (["swap", "--model", "{d}/junk.safetensors", "--target", "{d}/noise.png", "--out", "{d}/o.mp4", "--detect-every", "0"],

@@ -34,10 +34,13 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     for i in range(3):
         pixels = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / "crops" / f"{i}.png")
+    from test_teacher_pairs import tiny_onnx_swapper
+
+    tiny_onnx_swapper(tmp_path / "inswapper_like.onnx")  # another project's swapper, as a --peer
     out = tmp_path / "bench"
     argv = ["bench", "--checkpoint", str(tmp_path / "student.safetensors"), "--out", str(out), "--runs", "2",
             "--warmup", "1", "--peer-runs", "1", "--threads", "1", "--peer-width", "0.0625", "--no-coreml",
-            "--calibration", str(tmp_path / "crops")]
+            "--calibration", str(tmp_path / "crops"), "--peer", str(tmp_path / "inswapper_like.onnx")]
     assert distilswap.main(argv) == 0
     report = json.loads((out / "bench.json").read_text())
     assert report["macs"]["student_fvcore"] == report["macs"]["student_flop_counter"] > 0
@@ -47,8 +50,14 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
         assert report["latency"][key]["p50_ms"] > 0
     assert {"swapper_bench.onnx", "swapper_bench_int8.onnx", "swapper_bench.ort", "peer_simswap.onnx"} <= set(report["file_bytes"])
     assert report["targets"]["coreml_palettized_mb"]["met"] is None  # not measured in this run, not claimed
+    # MACs counted from the ONNX graphs agree with the torch counters (BatchNorm is folded in the export)
+    peers = report["peers"]
+    assert abs(peers["student (baked export)"]["macs"] / report["macs"]["student_flop_counter"] - 1) < 0.02
+    assert abs(peers["SimSwap-class (built in)"]["macs"] / report["macs"]["peer_flop_counter"] - 1) < 0.02
+    assert peers["inswapper_like"]["params"] == 512 * 3 + 512 * 512 + 1 and peers["inswapper_like"]["macs"] == 512 * 3
+    assert report["latency"]["ort_inswapper_like_1t"]["p50_ms"] > 0 and "inswapper_like_over_baked_1t" in report["ratios"]
     markdown = (out / "bench.md").read_text()
-    assert "fewer MACs" in markdown and "| ort_baked_1t |" in markdown
+    assert "fewer MACs" in markdown and "| ort_baked_1t |" in markdown and "| inswapper_like |" in markdown
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "than a SimSwap-class generator" in capsys.readouterr().out
     assert distilswap.main(argv) == 2  # a finished bench is not overwritten without --force
