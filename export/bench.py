@@ -322,8 +322,8 @@ def _ratios(report: dict, threads: tuple[int, ...]) -> dict[str, float]:
         ratios[f"add_initializer_over_baked_{t}t"] = p50("ort_baked_add_initializer") / p50("ort_baked")
         ratios[f"peer_over_baked_{t}t"] = p50("ort_peer_simswap") / p50("ort_baked_paired_with_peer")
         ratios[f"torch_eager_over_ort_baked_{t}t"] = p50("torch_eager_baked") / p50("ort_baked")
-        if f"ort_format_{t}t" in latency:
-            ratios[f"ort_format_over_onnx_{t}t"] = p50("ort_format") / p50("ort_baked")
+        if f"ort_ort_format_{t}t" in latency:
+            ratios[f"ort_format_over_onnx_{t}t"] = p50("ort_ort_format") / p50("ort_baked")
         if f"ort_int8_{t}t" in latency:
             ratios[f"int8_over_fp32_{t}t"] = p50("ort_int8") / p50("ort_baked")
         for peer in report["options"]["peers"]:

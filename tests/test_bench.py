@@ -56,6 +56,7 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     assert abs(peers["SimSwap-class (built in)"]["macs"] / report["macs"]["peer_flop_counter"] - 1) < 0.02
     assert peers["inswapper_like"]["params"] == 512 * 3 + 512 * 512 + 1 and peers["inswapper_like"]["macs"] == 512 * 3
     assert report["latency"]["ort_inswapper_like_1t"]["p50_ms"] > 0 and "inswapper_like_over_baked_1t" in report["ratios"]
+    assert report["ratios"]["ort_format_over_onnx_1t"] > 0
     markdown = (out / "bench.md").read_text()
     assert "fewer MACs" in markdown and "| ort_baked_1t |" in markdown and "| inswapper_like |" in markdown
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
