@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--targets", help="folder of target photos or videos")
     evaluate.add_argument("--pairs", help="CSV of source,target paths (relative to the CSV) instead of the folders")
     evaluate.add_argument("--frames", type=int, default=8, help="frames sampled evenly from each target video (default 8)")
+    evaluate.add_argument("--temporal-frames", type=int, default=16,
+                          help="target videos: consecutive frames (tracked) for landmark jitter and warp error (default 16)")
     evaluate.add_argument("--embedder", help="identity embedder the students read sources with (small-experts folder, "
                           "ArcFace checkpoint or ONNX)")
     evaluate.add_argument("--recognizer", action="append", default=[],
@@ -162,7 +164,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}
     report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector,
-                      recognizers=recognizers)
+                      recognizers=recognizers, temporal_frames=args.temporal_frames)
     print(open(f"{args.out}/results.md").read())
     if report["skipped"]:
         print(f"distilswap: warning: {len(report['skipped'])} pair(s) skipped, listed in {args.out}/results.md")

@@ -133,7 +133,7 @@ class _Fixed:
 
 
 def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path, detector, progress: bool = True,
-             sheet_rows: int = 8, recognizers: dict[str, object] | None = None) -> dict:
+             sheet_rows: int = 8, recognizers: dict[str, object] | None = None, temporal_frames: int = 16) -> dict:
     """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png.
     recognizers: more identity judges (name -> embedder on aligned 112² ArcFace crops), e.g. an insightface
     ArcFace ONNX, scored like dlib's: cosine to the source and top-1 retrieval."""
@@ -187,6 +187,11 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
         if len(sheet) < sheet_rows:
             sheet.append([_face_tile(image, target_face if i else source_face) for i, image in enumerate(shown)])
     summary = _summary(rows, list(models), len(gallery), [f"{n}_{m}" for n in judges for m in ("cos_source", "retrieval_top1")])
+    videos = sorted({(p.source, p.target) for p in usable if p.frame is not None})
+    if videos and temporal_frames > 1:
+        for name, swap in models.items():
+            scores = [temporal_stability(swap, faces.source(s)[:2], t, detector, temporal_frames) for s, t in videos]
+            summary[name].update({k: float(np.mean([v[k] for v in scores])) for k in scores[0]})
     report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
                          "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
@@ -302,6 +307,51 @@ class _Judge:
         return {f"{name}_cos_source": float(vector @ self.gallery[source]), f"{name}_retrieval_top1": float(best == source)}
 
 
+def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path, detector, frames: int) -> dict[str, float]:
+    """On the first `frames` consecutive frames of a target video, tracked as `distilswap swap` tracks them:
+    landmark jitter (how much more the result's 68 landmarks move from frame to frame than the input's, in
+    face widths) and warp error (the result warped by the input's own optical flow against its next frame,
+    in the face, beyond the input's own warp error)."""
+    import cv2
+
+    from app.judges import face_region
+    from app.tracking import FaceTracker
+    from facekit.detect import DlibDetector, LandmarkPredictor
+    from facekit.video import iter_frames
+
+    predictor = detector.predictor if isinstance(detector, DlibDetector) else LandmarkPredictor()
+    tracker = FaceTracker(detector, predictor)
+    inputs, outputs, widths = [], [], []
+    for image in iter_frames(video):
+        faces = tracker(image)
+        if not faces:
+            break
+        result = np.ascontiguousarray(swap(source[0], source[1], image, faces[0]), dtype=np.uint8)
+        inputs.append((image, predictor(image, faces[0].bbox)))  # both measured the same way
+        outputs.append((result, predictor(result, faces[0].bbox)))
+        widths.append(float(np.ptp(faces[0].landmarks68[:, 0])))
+        if len(inputs) == frames:
+            break
+    if len(inputs) < 2:
+        raise UserError(f"{video}: fewer than 2 consecutive frames with a face; no temporal stability to measure")
+    jitter, warp = [], []
+    for t in range(len(inputs) - 1):
+        moves_in = inputs[t + 1][1] - inputs[t][1]
+        moves_out = outputs[t + 1][1] - outputs[t][1]
+        jitter.append(float(np.linalg.norm(moves_out - moves_in, axis=1).mean()) / widths[t])
+        grey = [cv2.cvtColor(inputs[k][0], cv2.COLOR_RGB2GRAY) for k in (t, t + 1)]
+        flow = cv2.calcOpticalFlowFarneback(grey[1], grey[0], None, 0.5, 3, 15, 3, 5, 1.2, 0)  # t+1 -> t
+        h, w = grey[0].shape
+        grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).astype(np.float32) + flow
+        face = face_region((h, w), inputs[t + 1][1], grow=0.0)
+        excess = []
+        for sequence in (inputs, outputs):
+            warped = cv2.remap(sequence[t][0], grid[..., 0], grid[..., 1], cv2.INTER_LINEAR)
+            excess.append(np.abs(warped.astype(np.float64) - sequence[t + 1][0])[face].mean() / 255)
+        warp.append(max(0.0, excess[1] - excess[0]))
+    return {"landmark_jitter": float(np.mean(jitter)), "warp_error": float(np.mean(warp))}
+
+
 def _summary(rows: list[dict], models: list[str], sources: int, extra: list[str]) -> dict[str, dict]:
     summary = {}
     for name in models:
@@ -329,6 +379,8 @@ def _markdown(report: dict) -> str:
              f"{1 / report['sources']:.2f}); pose by {report['judges']['pose']}; FID {report['fid']}.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     extra = [k for k in next(iter(report["models"].values())) if k not in (*METRICS, "pairs", "retrieval_chance")]
+    if any(k in extra for k in ("landmark_jitter", "warp_error")):
+        lines[2] += " Temporal: over the first frames of each target video, tracked; landmark jitter in face widths, warp error beyond the input's own."
     lines[-2] = lines[-2][:-2] + "".join(f" | {k.replace('_', ' ')}" for k in extra) + " |"
     lines[-1] = lines[-1] + "---:|" * len(extra)
     for name, m in report["models"].items():

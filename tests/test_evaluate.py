@@ -100,3 +100,34 @@ def test_a_one_shot_onnx_swapper_of_another_project_is_a_model_for_swap_and_eval
                             "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert report["pairs"] == 9 and 0 < report["models"][str(tmp_path / "inswapper_like.onnx")]["background_l1"] < 0.05
+
+
+def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(photos, tmp_path):
+    import cv2
+
+    from facekit.video import write_video
+
+    patch = read_image(photos / "targets" / "person0.png")
+    frames = []
+    for i in range(8):  # the face gliding 4 px a frame
+        matrix = np.float32([[1, 0, 40 + 4 * i], [0, 1, 20]])
+        frames.append(cv2.warpAffine(patch, matrix, (patch.shape[1] + 80, patch.shape[0] + 40), borderMode=cv2.BORDER_REFLECT))
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "clip.mp4", frames, 10)
+    rng = np.random.default_rng(0)
+
+    def shaky(source, source_face, target, target_face):  # pastes the source a few pixels off, differently each frame
+        from facekit.detect import Face
+
+        moved = Face(target_face.bbox, 1.0, target_face.landmarks5 + rng.normal(0, 3, (5, 2)).astype(np.float32),
+                     target_face.landmarks68)
+        return paste_source(source, source_face, target, moved)
+
+    pairs = list_pairs(photos / "sources", tmp_path / "videos", None, frames=3)
+    assert len(pairs) == 9 and {p.frame for p in pairs} == {0, 4, 7}
+    report = evaluate({"target": no_swap, "paste": paste_source, "shaky": shaky}, pairs, tmp_path / "eval",
+                      DlibDetector(), progress=False, temporal_frames=6)
+    floor, paste, wobbly = (report["models"][m] for m in ("target", "paste", "shaky"))
+    assert floor["landmark_jitter"] == 0 and floor["warp_error"] == 0  # the input itself
+    assert wobbly["landmark_jitter"] > paste["landmark_jitter"] and wobbly["warp_error"] > paste["warp_error"]
+    assert "landmark jitter" in (tmp_path / "eval" / "results.md").read_text()
