@@ -122,14 +122,14 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
 
     from app.swap import FaceSwapRun
     from app.tracking import FaceTracker
-    from facekit.detect import DlibDetector, LandmarkPredictor
+    from facekit.detect import DlibDetector, landmark_predictor
     from facekit.video import iter_frames, read_ahead, video_info, write_video
 
     info = video_info(target)
     if isinstance(detector, DlibDetector):  # key frames are downscaled to --detect-width: no upsampling there
         detector = copy.copy(detector)
         detector.upsample = 0
-    predictor = detector.predictor if isinstance(detector, DlibDetector) else LandmarkPredictor()
+    predictor = landmark_predictor(detector)
     tracker = FaceTracker(detector, predictor, TrackerSettings(every=args.detect_every, detect_width=args.detect_width))
     run = FaceSwapRun(tracker, swapper, face_index=args.face_index, smooth_rate=None if args.no_smooth else float(info.fps))
     frames = read_ahead(run.clock.timed(iter_frames(target), "decode"))

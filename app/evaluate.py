@@ -140,12 +140,14 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     from tqdm import tqdm
 
     from app.judges import DlibRecognizer
+    from facekit.detect import landmark_predictor
     from facekit.imageio import write_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recognizer = DlibRecognizer()
-    faces = _FaceCache(detector, recognizer)
+    predictor = landmark_predictor(detector)
+    faces = _FaceCache(detector, recognizer, pairs)
     skipped: list[dict] = []
     usable = []
     for pair in pairs:
@@ -172,7 +174,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
                 row = json.loads(cached.read_text())
             else:
                 result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
-                row = _score(result, pair, target, target_face, target_descriptor, gallery, recognizer, detector)
+                row = _score(result, pair, target, target_face, target_descriptor, gallery, recognizer, predictor)
                 landmarks5 = row.pop("_landmarks5")
                 for judge_name, judge in judges.items():
                     row.update(judge.score(result, landmarks5, pair.source, judge_name))
@@ -190,7 +192,8 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     videos = sorted({(p.source, p.target) for p in usable if p.frame is not None})
     if videos and temporal_frames > 1:
         for name, swap in models.items():
-            scores = [temporal_stability(swap, faces.source(s)[:2], t, detector, temporal_frames) for s, t in videos]
+            scores = [temporal_stability(swap, faces.source(s)[:2], t, detector, predictor, temporal_frames)
+                      for s, t in videos]
             summary[name].update({k: float(np.mean([v[k] for v in scores])) for k in scores[0]})
     report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
@@ -205,17 +208,40 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
 
 
 class _FaceCache:
-    """Each photo read, its largest face found and described once."""
+    """Each photo read, its largest face found and described once; each target video decoded once, in one pass
+    that keeps the frames the pairs name."""
 
-    def __init__(self, detector, recognizer):
+    def __init__(self, detector, recognizer, pairs: Sequence[EvalPair]):
         self.detector, self.recognizer = detector, recognizer
         self._faces: dict[tuple, tuple | str] = {}
+        self._wanted: dict[Path, set[int]] = {}
+        for pair in pairs:
+            if pair.frame is not None:
+                self._wanted.setdefault(pair.target, set()).add(pair.frame)
+        self._frames: dict[tuple[Path, int], np.ndarray] = {}
+
+    def _image(self, path: Path, frame: int | None) -> np.ndarray:
+        from facekit.imageio import read_image
+        from facekit.video import iter_frames
+
+        if frame is None:
+            return read_image(path)
+        if (path, frame) not in self._frames:
+            wanted = self._wanted.get(path, {frame})
+            for index, image in enumerate(iter_frames(path)):
+                if index in wanted:
+                    self._frames[(path, index)] = image
+                if index >= max(wanted):
+                    break
+        if (path, frame) not in self._frames:
+            raise UserError(f"{path}: has no frame {frame}")
+        return self._frames.pop((path, frame))  # each frame is described once, then only its record is kept
 
     def _load(self, path: Path, frame: int | None) -> tuple | str:
         key = (path, frame)
         if key not in self._faces:
             try:
-                image = _read(path, frame)
+                image = self._image(path, frame)
             except UserError as err:
                 self._faces[key] = str(err)
                 return self._faces[key]
@@ -240,29 +266,11 @@ class _FaceCache:
         return self._load(pair.target, pair.frame)
 
 
-def _read(path: Path, frame: int | None) -> np.ndarray:
-    from facekit.imageio import read_image
-
-    if frame is None:
-        return read_image(path)
-    from facekit.video import iter_frames
-
-    for index, image in enumerate(iter_frames(path)):
-        if index == frame:
-            return image
-    raise UserError(f"{path}: has no frame {frame}")
-
-
 def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: Face, target_descriptor: np.ndarray,
-           gallery: dict[Path, np.ndarray], recognizer, detector) -> dict:
+           gallery: dict[Path, np.ndarray], recognizer, predictor) -> dict:
     from app.judges import angle_error, expression, face_region, head_pose
     from facekit.detect import landmarks68_to_5
 
-    predictor = getattr(detector, "predictor", None)
-    if predictor is None:
-        from facekit.detect import LandmarkPredictor
-
-        predictor = LandmarkPredictor()
     landmarks = predictor(result, target_face.bbox)  # the face where the target's was, as the swap left it
     descriptor = recognizer.descriptor(result, target_face.bbox, landmarks)
     names = list(gallery)
@@ -307,7 +315,8 @@ class _Judge:
         return {f"{name}_cos_source": float(vector @ self.gallery[source]), f"{name}_retrieval_top1": float(best == source)}
 
 
-def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path, detector, frames: int) -> dict[str, float]:
+def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path, detector, predictor,
+                       frames: int) -> dict[str, float]:
     """On the first `frames` consecutive frames of a target video, tracked as `distilswap swap` tracks them:
     landmark jitter (how much more the result's 68 landmarks move from frame to frame than the input's, in
     face widths) and warp error (the result warped by the input's own optical flow against its next frame,
@@ -316,10 +325,8 @@ def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path,
 
     from app.judges import face_region
     from app.tracking import FaceTracker
-    from facekit.detect import DlibDetector, LandmarkPredictor
     from facekit.video import iter_frames
 
-    predictor = detector.predictor if isinstance(detector, DlibDetector) else LandmarkPredictor()
     tracker = FaceTracker(detector, predictor)
     inputs, outputs, widths = [], [], []
     for image in iter_frames(video):

@@ -120,6 +120,11 @@ class InsightFaceDetector:
         return _largest_first(faces)
 
 
+def landmark_predictor(detector: FaceDetector) -> LandmarkPredictor:
+    """The 68-point predictor to refine faces with: the dlib detector's own, or one loaded for another detector."""
+    return detector.predictor if isinstance(detector, DlibDetector) else LandmarkPredictor()
+
+
 def make_detector(models_dir: str | Path | None = None, pack: str = "buffalo_l") -> FaceDetector:
     """insightface when a model folder is given (the accurate choice), else the offline dlib default."""
     if models_dir is not None:
