@@ -162,11 +162,12 @@ def open_pairs(path: str | Path, max_memory_bytes: float = 8e9, progress: bool =
 
 def stream_sample(pair: Mapping[str, Any]) -> dict[str, Any]:
     """A pair as `PairStream` decodes it, in the shape of a `PairList` sample."""
-    record = pair["json"]
-    sample = {k: pair[k].float() / 255 for k in (*IMAGE_KEYS, "mask", "truth") if k in pair}
-    sample.update({"pair_id": str(record["pair_index"]), "identity": record["identity"],
-                   "id_cosine": float(record["id_similarity"]), "fraction": float(record["fraction"])})
-    return sample
+    from facekit.pairs import sample_from
+
+    sample = sample_from(pair)
+    images = {k: sample[k] for k in (*IMAGE_KEYS, "mask", "truth") if k in sample}
+    return {**images, "pair_id": str(int(sample["pair_index"])), "identity": sample["identity"],
+            "id_cosine": float(sample["id_similarity"]), "fraction": float(sample["fraction"])}
 
 
 class _Uint8Images:

@@ -243,7 +243,7 @@ class PairDataset(torch.utils.data.Dataset):
                 raise UserError(f"{shard_path(root, name)} is damaged: delete it and rerun `distilswap pairs generate` "
                                 "with the same settings to write it again")
         self.records = read_index(root, self.shards)
-        self._cache: tuple[str, list[dict]] | None = None
+        self._cache: tuple[str, dict[int, dict]] | None = None  # the last shard read, by pair index
 
     def __len__(self) -> int:
         return len(self.records)
@@ -252,13 +252,13 @@ class PairDataset(torch.utils.data.Dataset):
         record = self.records[item]
         name = record["shard"]
         if self._cache is None or self._cache[0] != name:
-            self._cache = (name, list(read_shard(shard_path(self.root, name), size=self.manifest["image_size"])))
-        pairs = self._cache[1]
-        row = next((i for i, p in enumerate(pairs) if p["json"]["pair_index"] == record["pair_index"]), None)
-        if row is None:
+            pairs = read_shard(shard_path(self.root, name), size=self.manifest["image_size"])
+            self._cache = (name, {int(p["json"]["pair_index"]): p for p in pairs})
+        pair = self._cache[1].get(int(record["pair_index"]))
+        if pair is None:
             raise UserError(f"{shard_path(self.root, name)} lacks pair {record['pair_index']} that its index lists: "
                             "delete the shard and rerun `distilswap pairs generate`")
-        return sample_from(pairs[row])
+        return sample_from(pair)
 
 
 def sample_from(pair: dict) -> dict:
