@@ -488,7 +488,7 @@ def _pairs_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facekit.errors import UserError
-    from facekit.pair_bench import bench_pairs
+    from teacher.pair_bench import bench_pairs
 
     if args.pairs < 1 or min(args.sizes) < 8 or min(args.workers) < 1:
         raise UserError(f"--pairs {args.pairs}, --sizes {args.sizes}, --workers {args.workers}: need >= 1, >= 8, >= 1")

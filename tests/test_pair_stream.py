@@ -147,7 +147,7 @@ def test_training_batches_stream_a_split_and_resume_at_a_step(pair_dir):
 
 
 def test_the_format_benchmark_measures_writing_reading_and_size(tmp_path):
-    from facekit.pair_bench import bench_pairs
+    from teacher.pair_bench import bench_pairs
 
     report = bench_pairs(tmp_path / "bench", sizes=(64,), count=8, shard_size=4, workers=(1, 2))
     row, = report["rows"]

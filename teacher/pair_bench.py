@@ -18,7 +18,7 @@ from facekit.pairs import FORMAT, VERSION, claim, read_index, shard_name, write_
 
 def bench_pairs(out: str | Path, sizes: Sequence[int] = (64, 256), count: int = 256, shard_size: int = 64,
                 workers: Sequence[int] = (1, 2, 4), codec: str = "png") -> dict:
-    from teacher.pairs import synthetic_job
+    from teacher.pairs import synthetic_job  # the synthetic world's pairs, rendered once
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
