@@ -54,6 +54,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        "(default 0.1,0.25,0.5,0.75,1.0; the quality regressor learns from them)")
     train.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
     train.add_argument("--seed", type=int)
+    train.add_argument("--extend", action="store_true",
+                       help="let a resumed run grow to a larger --steps (exact: its first steps are the ones taken); "
+                       "its snapshots must sit at the new --snapshot-fractions and are relabelled")
     train.set_defaults(func=_train)
 
 
@@ -263,7 +266,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.snapshot_fractions:
         overrides["snapshot_fractions"] = args.snapshot_fractions.split(",")  # checked with the YAML's
     config = load_train_config(args.config, overrides)
-    out = train(config)
+    out = train(config, extend=args.extend)
     print(f"teacher trained: {out}/snapshots (EMA weights at {list(config.snapshot_fractions)} of training)")
     return 0
 

@@ -30,7 +30,7 @@ from .checkpoint import read_metadata, save_weights
 from .data import FaceSource
 from .diffusion import GaussianDiffusion
 from .experts import Experts, load_experts, to_model
-from .unet import UNetModel, load_unet_config
+from .unet import UNetConfig, UNetModel, load_unet_config
 
 
 @dataclass
@@ -119,8 +119,10 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def train(config: TrainConfig, experts: Experts | None = None, stop_after: int | None = None) -> Path:
-    """Train (or resume) to `config.steps`; `stop_after` ends this process early (tests, time slicing)."""
+def train(config: TrainConfig, experts: Experts | None = None, stop_after: int | None = None,
+          extend: bool = False) -> Path:
+    """Train (or resume) to `config.steps`; `stop_after` ends this process early (tests, time slicing);
+    `extend` lets a resumed run grow to more steps (see `_extension`)."""
     ddp = setup_distributed()
     world, rank, device = ddp.world, ddp.rank, ddp.device
     out = Path(config.out)
@@ -137,7 +139,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
     faces = FaceSource(config.data, unet_config.image_size)
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
-    step = _resume(out, model, ema, optimizer, data_rng, rank, device, config)
+    step = _resume(out, model, ema, optimizer, data_rng, rank, device, config, extend)
     if step == 0:
         torch.manual_seed(config.seed * 1000 + rank)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -250,6 +252,36 @@ def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred
     writer.add_image("train/x0_predx0_own-id_other-id", (make_grid(torch.cat(rows), nrow=n) + 1) / 2, step)
 
 
+EXTENDABLE = ("steps", "snapshot_fractions")
+
+
+def _extension(out: Path, step: int, config: TrainConfig) -> None:
+    """Let a run continue to a larger `steps`. Exact, not a fine-tune: nothing in a step depends on the total
+    (constant learning rate, data seeded by the step), so the first steps of the longer run are the steps
+    already taken. Only the snapshots' labels change: each kept snapshot must sit at a step the new
+    fractions keep, and is relabelled with its fraction of the new total (the quality regressor learns those)."""
+    if config.steps < step:
+        raise UserError(f"{out} is at step {step}; --extend needs --steps ≥ {step}, got {config.steps}")
+    kept = snapshot_steps(config.steps, config.snapshot_fractions)
+    existing = sorted((out / "snapshots").glob("step_*.safetensors"))
+    orphans = [p.name for p in existing if int(p.stem[5:]) not in kept]
+    if orphans:
+        wanted = ", ".join(f"{int(p.stem[5:]) / config.steps:g}" for p in existing)
+        raise UserError(f"{out}: snapshots {orphans} are not at the new snapshot fractions of {config.steps} steps; "
+                        f"keep them with --snapshot-fractions including {wanted}")
+    from safetensors.torch import load_file
+
+    for path in existing:
+        snap_step = int(path.stem[5:])
+        meta = read_metadata(path)
+        if meta.get("total_steps") == config.steps:
+            continue
+        model = UNetModel(UNetConfig.from_dict(meta["unet_config"]))
+        model.load_state_dict(load_file(str(path)))
+        save_weights(model, path, {"step": snap_step, "fraction": kept[snap_step], "snapshot_id": path.stem,
+                                   "total_steps": config.steps})
+
+
 def _checkpoint_paths(out: Path, step: int) -> dict[str, Path]:
     stem = out / "checkpoints" / f"step_{step:07d}"
     return {"model": stem.with_suffix(".model.safetensors"), "ema": stem.with_suffix(".ema.safetensors"),
@@ -273,7 +305,7 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
 
 
 def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
-            rank: int, device: torch.device, config: TrainConfig) -> int:
+            rank: int, device: torch.device, config: TrainConfig, extend: bool = False) -> int:
     latest = out / "checkpoints" / "latest.json"
     if not latest.is_file():
         return 0
@@ -285,9 +317,16 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
     state = torch.load(paths["state"], map_location=device, weights_only=True)
     saved_config, current = json.loads(state["config"]), config.to_dict()
     changed = [k for k in FIXED_ON_RESUME if k in saved_config and saved_config[k] != current[k]]
+    if extend:
+        changed = [k for k in changed if k not in EXTENDABLE]
     if changed:
         what = ", ".join(f"{k} {saved_config[k]!r} → {current[k]!r}" for k in changed)
-        raise UserError(f"{out} was trained with other settings ({what}); resume with the same ones or use another --out")
+        longer = set(changed) <= set(EXTENDABLE) and current["steps"] > saved_config["steps"]
+        hint = " (to train it longer, add --extend)" if longer else ""
+        raise UserError(f"{out} was trained with other settings ({what}){hint}; resume with the same ones or use "
+                        "another --out")
+    if extend and rank == 0:
+        _extension(out, step, config)
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(paths["model"]), device=str(device)))

@@ -46,6 +46,30 @@ def test_resume_is_exact_and_snapshots_record_their_fraction(tmp_path):
     assert list((straight / "tb").iterdir())  # TensorBoard event file
 
 
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
+    experts = tiny_experts()
+    fractions = [0.25, 0.5, 1.0]
+    straight = train(config(tmp_path, "straight", steps=8, snapshot_fractions=fractions), experts)
+    short = config(tmp_path, "short", steps=4, snapshot_fractions=[0.5, 1.0])
+    train(short, experts)
+    with pytest.raises(UserError, match=r"steps 4 → 8.*\(to train it longer, add --extend\)"):
+        train(config(tmp_path, "short", steps=8, snapshot_fractions=fractions), experts)
+    with pytest.raises(UserError, match=r"step_0000002.safetensors.*fractions including 0.25, 0.5"):
+        train(config(tmp_path, "short", steps=8, snapshot_fractions=[0.5, 1.0]), experts, extend=True)
+    with pytest.raises(UserError, match="lr 0.001 → 0.002"):  # only the length may change
+        train(config(tmp_path, "short", steps=8, snapshot_fractions=fractions, lr=2e-3), experts, extend=True)
+    longer = train(config(tmp_path, "short", steps=8, snapshot_fractions=fractions), experts, extend=True)
+    for kind in ("model", "ema"):
+        a = load_file(str(straight / f"checkpoints/step_0000008.{kind}.safetensors"))
+        b = load_file(str(longer / f"checkpoints/step_0000008.{kind}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("step_0000002", "step_0000004", "step_0000008"):
+        a, meta_a = load_teacher(straight / f"snapshots/{name}.safetensors")
+        b, meta_b = load_teacher(longer / f"snapshots/{name}.safetensors")
+        assert meta_a == meta_b and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    train(config(tmp_path, "short", steps=8, snapshot_fractions=fractions), experts)  # the extended run resumes plainly
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"batch_size": 0}, "batch_size must be a whole number ≥ 1, got 0"),
     ({"steps": "ten"}, "steps must be a whole number ≥ 1, got 'ten'"),
