@@ -13,6 +13,8 @@ Run layout (`out/`):
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import signal
 import threading
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +33,8 @@ from .data import FaceSource
 from .diffusion import GaussianDiffusion
 from .experts import Experts, load_experts, to_model
 from .unet import UNetConfig, UNetModel, load_unet_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -306,15 +310,57 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
 
 def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
             rank: int, device: torch.device, config: TrainConfig, extend: bool = False) -> int:
-    latest = out / "checkpoints" / "latest.json"
-    if not latest.is_file():
-        return 0
-    step = json.loads(latest.read_text())["step"]
+    """Restore the newest readable checkpoint; a damaged one (a killed disk, a bad copy) falls back to the one
+    before it with a warning, never to a fresh start."""
+    steps = _checkpoint_steps(out)
+    for i, step in enumerate(steps):
+        try:
+            saved = _read_checkpoint(out, step, device)
+        except _DamagedCheckpoint as err:
+            if i + 1 == len(steps):
+                raise UserError(f"{out}: every checkpoint is damaged (step {step}: {err}); use another --out") from None
+            log.warning("checkpoint step %d is damaged (%s): resuming from step %d", step, err, steps[i + 1])
+            continue
+        _restore(out, saved, model, ema, optimizer, data_rng, rank, device, config, extend)
+        return step
+    return 0
+
+
+class _DamagedCheckpoint(Exception):
+    pass
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    """Steps of the kept checkpoints, newest first (latest.json's first: it is written after the files)."""
+    folder = out / "checkpoints"
+    steps = sorted((int(p.name[5:12]) for p in folder.glob("step_*.state.pt")), reverse=True)
+    try:
+        latest = json.loads((folder / "latest.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return steps
+    return [latest] + [s for s in steps if s < latest]
+
+
+def _read_checkpoint(out: Path, step: int, device: torch.device) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     paths = _checkpoint_paths(out, step)
-    saved = read_metadata(paths["model"])["unet_config"]
-    if saved != model.config.to_dict() | {"use_checkpoint": saved["use_checkpoint"]}:
-        raise UserError(f"{out} holds a run of a different UNet ({saved}); use another --out or the same --unet")
-    state = torch.load(paths["state"], map_location=device, weights_only=True)
+    try:
+        return {"unet_config": read_metadata(paths["model"])["unet_config"],
+                "model": load_file(str(paths["model"]), device=str(device)),
+                "ema": load_file(str(paths["ema"]), device=str(device)),
+                "state": torch.load(paths["state"], map_location=device, weights_only=True)}
+    except (UserError, SafetensorError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        raise _DamagedCheckpoint(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def _restore(out: Path, saved: dict, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer,
+             data_rng: torch.Generator, rank: int, device: torch.device, config: TrainConfig, extend: bool) -> None:
+    if saved["unet_config"] != model.config.to_dict() | {"use_checkpoint": saved["unet_config"]["use_checkpoint"]}:
+        raise UserError(f"{out} holds a run of a different UNet ({saved['unet_config']}); use another --out or the "
+                        "same --unet")
+    state = saved["state"]
     saved_config, current = json.loads(state["config"]), config.to_dict()
     changed = [k for k in FIXED_ON_RESUME if k in saved_config and saved_config[k] != current[k]]
     if extend:
@@ -326,11 +372,9 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
         raise UserError(f"{out} was trained with other settings ({what}){hint}; resume with the same ones or use "
                         "another --out")
     if extend and rank == 0:
-        _extension(out, step, config)
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(paths["model"]), device=str(device)))
-    ema.model.load_state_dict(load_file(str(paths["ema"]), device=str(device)))
+        _extension(out, state["step"], config)
+    model.load_state_dict(saved["model"])
+    ema.model.load_state_dict(saved["ema"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"].cpu())
     if state["rng_cuda"] and torch.cuda.is_available():
@@ -338,4 +382,3 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
     data_rng.set_state(state["rng_data"].cpu())
     if rank:  # every rank resumes from rank 0's files; give each its own stream again
         torch.manual_seed(int(torch.randint(2**31, (1,)).item()) + rank)
-    return step

@@ -46,6 +46,25 @@ def test_resume_is_exact_and_snapshots_record_their_fraction(tmp_path):
     assert list((straight / "tb").iterdir())  # TensorBoard event file
 
 
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    experts = tiny_experts()
+    straight = train(config(tmp_path, "straight"), experts)
+    damaged = config(tmp_path, "damaged")
+    train(damaged, experts)
+    state = tmp_path / "damaged/checkpoints/step_0000004.state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # a copy cut short
+    with caplog.at_level("WARNING"):
+        train(damaged, experts)
+    assert "checkpoint step 4 is damaged" in caplog.text and "resuming from step 2" in caplog.text
+    a = load_file(str(straight / "checkpoints/step_0000004.model.safetensors"))
+    b = load_file(str(tmp_path / "damaged/checkpoints/step_0000004.model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for step in (2, 4):  # nothing readable left: one clear line, no fresh start
+        (tmp_path / f"damaged/checkpoints/step_{step:07d}.ema.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="every checkpoint is damaged"):
+        train(damaged, experts)
+
+
 def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     experts = tiny_experts()
     fractions = [0.25, 0.5, 1.0]
