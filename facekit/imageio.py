@@ -72,14 +72,18 @@ def atomic_write(path: str | Path, write) -> Path:
     """Run write(temp_path) next to `path`, then move it into place durably: a crash never leaves a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    temp = None
     try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(fd)
         write(Path(temp))
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the file's permissions
         durable_replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+    except BaseException as err:
+        if temp:
+            Path(temp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename and Path(err.filename).parent == path.parent:
+            err.filename = str(path)  # the user named the file, not our temporary beside it
         raise
     return path
 

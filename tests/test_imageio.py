@@ -73,3 +73,19 @@ def test_clear_temporaries_removes_only_what_a_killed_atomic_write_left(tmp_path
     assert clear_temporaries(target) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.pt", "checkpoint.pt"]
     assert target.read_text() == "kept" and oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_a_failed_write_names_the_file_asked_for_not_its_temporary(tmp_path):
+    from facekit.imageio import atomic_write_text
+
+    with pytest.raises(OSError) as err:
+        atomic_write_text("/proc/distilswap-test.txt", "x")  # /proc takes no new files, even as root
+    assert err.value.filename == "/proc/distilswap-test.txt"
+
+    def fails(temp):
+        raise OSError(28, "No space left on device", str(temp))
+
+    with pytest.raises(OSError) as err:
+        from facekit.imageio import atomic_write
+        atomic_write(tmp_path / "out.bin", fails)
+    assert err.value.filename == str(tmp_path / "out.bin") and not list(tmp_path.iterdir())
