@@ -20,7 +20,8 @@ from torch.utils.data import default_collate
 
 from facekit.arcface import resize_to
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, clear_temporaries
+from facekit.imageio import atomic_write
+from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
@@ -337,10 +338,9 @@ def _save_checkpoint(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer
         "ema": ema.model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": rng_state(),
     }
-    return atomic_write(run_dir / CHECKPOINT, lambda temp: torch.save(state, temp))
+    return save_state(run_dir / CHECKPOINT, state)
 
 
 # What may differ between the run that wrote a checkpoint and the one resuming it (the rest changes results).
@@ -351,30 +351,28 @@ def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.o
             scaler: torch.amp.GradScaler, config: DistillConfig, device: torch.device) -> int:
     """Load run_dir's checkpoint if there is one -> the step to continue from (0 for a fresh run)."""
     path = run_dir / CHECKPOINT
-    clear_temporaries(path)  # a save killed mid-way (SIGKILL) leaves one
-    if not path.is_file():
-        return 0
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); move it away to start over") from None
-    if not isinstance(state, dict) or state.get("format") != "distilswap-distill/1":
+        state = load_state(path, device)
+    except DamagedState as err:
+        raise UserError(f"{path}: unreadable checkpoint ({err}); move it away to start over") from None
+    if state is None:
+        return 0
+    if state.get("format") != "distilswap-distill/1":
         raise UserError(f"{path}: not a distill checkpoint; use another --out directory")
     saved = json.loads(state["student_config"])
     if saved != student.config.to_dict():
         raise UserError(f"{path}: the run there trains a student of another configuration ({saved['resolution']}² "
                         f"encoder {saved['encoder_channels']}); use another --out directory or the same settings")
     before, now = _with_defaults(json.loads(state["config"])), config.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+    changed = changed_settings(before, now, sorted(set(now) - RESUMABLE_CHANGES))
     if changed:
         raise UserError(f"{path}: cannot resume with changed {', '.join(changed)}; use another --out directory")
     student.load_state_dict(state["student"])
     ema.model.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"].cpu())
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    # checkpoints written before facekit.resume kept the CPU state alone under "rng"
+    restore_rng(state["rng"] if isinstance(state["rng"], dict) else {"cpu": state["rng"], "cuda": state["cuda_rng"]})
     log.info("resumed %s at step %d", path, state["step"])
     return int(state["step"])
 

@@ -9,7 +9,7 @@ at small widths, so every later stage runs the same code on them.
 - gaze: EyeNet on crops from the 5 landmarks (`crop_eyes`), L1 on (pitch, yaw); scored by angular error.
 
 Faces are rendered on the fly from per-step seeds (an endless, exactly reproducible data stream), so a run
-resumes bit-for-bit from its last partial checkpoint. A directory holds one file pair per expert
+resumes bit-for-bit from its last partial checkpoint (NAME.partial.pt, facekit.resume). A directory holds one file pair per expert
 (NAME.safetensors + NAME.json with class, arguments, config and scores); an expert whose config is
 unchanged is reused, not retrained. Every command loads them through facekit.expert_loader.
 """
@@ -31,6 +31,7 @@ from facekit import synthetic
 from facekit.errors import UserError
 from facekit.expert_loader import EXPERTS, construct
 from facekit.imageio import atomic_write, atomic_write_text
+from facekit.resume import DamagedState, load_state, save_state
 
 VERSION = 1  # bump when training code changes what a config produces
 
@@ -387,7 +388,6 @@ def _cached(out: Path, expert: str, config: ExpertsConfig) -> dict[str, Any] | N
 
 
 def _train_one(out: Path, expert: str, config: ExpertsConfig, progress: bool) -> dict[str, Any]:
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
     task = _Task(expert, config)
@@ -395,7 +395,7 @@ def _train_one(out: Path, expert: str, config: ExpertsConfig, progress: bool) ->
     optimizer = torch.optim.Adam(modules.parameters(), lr=task.section.lr)
     steps = task.section.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    start, elapsed = _resume(out, expert, config, modules, optimizer, schedule, load_file)
+    start, elapsed = _resume(out, expert, config, modules, optimizer, schedule)
     modules.train()
     bar = tqdm(range(start, steps), desc=expert, unit="step", initial=start, total=steps, disable=not progress)
     began = time.perf_counter()
@@ -423,41 +423,36 @@ def _train_one(out: Path, expert: str, config: ExpertsConfig, progress: bool) ->
     }
     _save_tensors(out / f"{expert}.safetensors", task.model.state_dict())
     atomic_write_text(out / f"{expert}.json", json.dumps(record, indent=2) + "\n")
-    for partial in (out / f"{expert}.partial.safetensors", out / f"{expert}.partial.json"):
-        partial.unlink(missing_ok=True)
+    _partial(out, expert).unlink(missing_ok=True)
     return record
 
 
-def _resume(out, expert, config, modules, optimizer, schedule, load_file) -> tuple[int, float]:
-    meta = out / f"{expert}.partial.json"
-    if not meta.exists():
+def _partial(out: Path, expert: str) -> Path:
+    return out / f"{expert}.partial.pt"
+
+
+def _resume(out: Path, expert: str, config: ExpertsConfig, modules: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, schedule) -> tuple[int, float]:
+    """(step, seconds trained) of a partial run with this config; a partial of another config starts over."""
+    try:
+        state = load_state(_partial(out, expert))
+    except DamagedState as err:
+        print(f"{expert}: the partial checkpoint is damaged ({err}): starting over")
         return 0, 0.0
-    state = json.loads(meta.read_text())
-    if state["config"] != _jsonable(_section(expert, config)):
+    if state is None or state["config"] != json.dumps(_section(expert, config)):
         return 0, 0.0
-    tensors = load_file(str(out / f"{expert}.partial.safetensors"))
-    modules.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
-    opt_state = {int(k.split(".")[1]): {} for k in tensors if k.startswith("optim.")}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            opt_state[int(index)][name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    modules.load_state_dict(state["modules"])
+    optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     print(f"{expert}: resuming at step {state['step']}")
     return state["step"], state["seconds"]
 
 
-def _save_partial(out, expert, config, modules, optimizer, schedule, step: int, seconds: float) -> None:
-    tensors = {f"module.{k}": v for k, v in modules.state_dict().items()}
-    optim = optimizer.state_dict()
-    for index, values in optim["state"].items():
-        for name, value in values.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-    _save_tensors(out / f"{expert}.partial.safetensors", tensors)
-    meta = {"config": _jsonable(_section(expert, config)), "step": step, "seconds": seconds,
-            "param_groups": optim["param_groups"], "schedule": schedule.state_dict()}
-    atomic_write_text(out / f"{expert}.partial.json", json.dumps(meta) + "\n")
+def _save_partial(out: Path, expert: str, config: ExpertsConfig, modules: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer, schedule, step: int, seconds: float) -> None:
+    save_state(_partial(out, expert), {"config": json.dumps(_section(expert, config)), "step": step,
+                                       "seconds": seconds, "modules": modules.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import signal
 import threading
 from dataclasses import asdict, dataclass, field, fields
@@ -25,7 +24,8 @@ import torch.distributed as dist
 
 from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, atomic_write_text
+from facekit.imageio import atomic_write_text
+from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, setup_distributed
 
 from .checkpoint import read_metadata, save_weights
@@ -297,10 +297,8 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
     paths = _checkpoint_paths(out, step)
     save_weights(model, paths["model"], {"step": step})
     save_weights(ema.model, paths["ema"], {"step": step, "fraction": step / config.steps})
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             "rng_data": data_rng.get_state(), "config": json.dumps(config.to_dict())}
-    atomic_write(paths["state"], lambda temp: torch.save(state, temp))
+    save_state(paths["state"], {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                                "rng_data": data_rng.get_state(), "config": json.dumps(config.to_dict())})
     atomic_write_text(out / "checkpoints" / "latest.json", json.dumps({"step": step}))
     kept = sorted((out / "checkpoints").glob("step_*.state.pt"))[:-config.keep_checkpoints]
     for old in kept:
@@ -316,7 +314,7 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
     for i, step in enumerate(steps):
         try:
             saved = _read_checkpoint(out, step, device)
-        except _DamagedCheckpoint as err:
+        except DamagedState as err:
             if i + 1 == len(steps):
                 raise UserError(f"{out}: every checkpoint is damaged (step {step}: {err}); use another --out") from None
             log.warning("checkpoint step %d is damaged (%s): resuming from step %d", step, err, steps[i + 1])
@@ -324,10 +322,6 @@ def _resume(out: Path, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimi
         _restore(out, saved, model, ema, optimizer, data_rng, rank, device, config, extend)
         return step
     return 0
-
-
-class _DamagedCheckpoint(Exception):
-    pass
 
 
 def _checkpoint_steps(out: Path) -> list[int]:
@@ -347,12 +341,14 @@ def _read_checkpoint(out: Path, step: int, device: torch.device) -> dict:
 
     paths = _checkpoint_paths(out, step)
     try:
+        state = load_state(paths["state"], device)
+        if state is None:
+            raise DamagedState(f"{paths['state'].name} is missing")
         return {"unet_config": read_metadata(paths["model"])["unet_config"],
                 "model": load_file(str(paths["model"]), device=str(device)),
-                "ema": load_file(str(paths["ema"]), device=str(device)),
-                "state": torch.load(paths["state"], map_location=device, weights_only=True)}
-    except (UserError, SafetensorError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        raise _DamagedCheckpoint(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+                "ema": load_file(str(paths["ema"]), device=str(device)), "state": state}
+    except (UserError, SafetensorError, OSError, KeyError) as err:
+        raise DamagedState(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 
 def _restore(out: Path, saved: dict, model: UNetModel, ema: EMA, optimizer: torch.optim.Optimizer,
@@ -362,23 +358,21 @@ def _restore(out: Path, saved: dict, model: UNetModel, ema: EMA, optimizer: torc
                         "same --unet")
     state = saved["state"]
     saved_config, current = json.loads(state["config"]), config.to_dict()
-    changed = [k for k in FIXED_ON_RESUME if k in saved_config and saved_config[k] != current[k]]
-    if extend:
-        changed = [k for k in changed if k not in EXTENDABLE]
+    fixed = [k for k in FIXED_ON_RESUME if not (extend and k in EXTENDABLE)]
+    changed = changed_settings(saved_config, current, fixed)
     if changed:
-        what = ", ".join(f"{k} {saved_config[k]!r} → {current[k]!r}" for k in changed)
-        longer = set(changed) <= set(EXTENDABLE) and current["steps"] > saved_config["steps"]
+        longer = not extend and not changed_settings(saved_config, current, set(fixed) - set(EXTENDABLE)) \
+            and current["steps"] > saved_config["steps"]
         hint = " (to train it longer, add --extend)" if longer else ""
-        raise UserError(f"{out} was trained with other settings ({what}){hint}; resume with the same ones or use "
-                        "another --out")
+        raise UserError(f"{out} was trained with other settings ({', '.join(changed)}){hint}; resume with the same "
+                        "ones or use another --out")
     if extend and rank == 0:
         _extension(out, state["step"], config)
     model.load_state_dict(saved["model"])
     ema.model.load_state_dict(saved["ema"])
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"].cpu())
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    # runs checkpointed before facekit.resume kept the two generator states under their own keys
+    restore_rng(state["rng"] if "rng" in state else {"cpu": state["rng_cpu"], "cuda": state["rng_cuda"]})
     data_rng.set_state(state["rng_data"].cpu())
     if rank:  # every rank resumes from rank 0's files; give each its own stream again
         torch.manual_seed(int(torch.randint(2**31, (1,)).item()) + rank)

@@ -29,7 +29,7 @@ def test_training_writes_checkpoints_and_scores(trained):
         assert (out / f"{expert}.safetensors").exists()
         record = json.loads((out / f"{expert}.json").read_text())
         assert record["scores"] == results[expert]["scores"]
-        assert not (out / f"{expert}.partial.json").exists()
+        assert not (out / f"{expert}.partial.pt").exists()
     assert 0.0 <= results["embedder"]["scores"]["verification_accuracy"] <= 1.0
     assert 0.0 <= results["parser"]["scores"]["miou"] <= 1.0
     assert results["gaze"]["scores"]["angular_error_deg"] >= 0.0
@@ -75,7 +75,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(X._Task, "loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         X.train_experts(tmp_path / "resumed", config, experts=("parser",), progress=False)
-    assert json.loads((tmp_path / "resumed" / "parser.partial.json").read_text())["step"] == 2
+    assert torch.load(tmp_path / "resumed" / "parser.partial.pt", weights_only=True)["step"] == 2
     monkeypatch.setattr(X._Task, "loss", real_loss)
     X.train_experts(tmp_path / "resumed", config, experts=("parser",), progress=False)
     a = load_file(str(tmp_path / "straight" / "parser.safetensors"))
