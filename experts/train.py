@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekit import synthetic
+from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
 from facekit.expert_loader import EXPERTS, construct
 from facekit.imageio import atomic_write, atomic_write_text
@@ -95,37 +96,18 @@ class ExpertsConfig:
     gaze: GazeConfig = field(default_factory=GazeConfig)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # What `make demo` trains, in about 2 minutes on 2 idle CPU cores (embedder ~70 s to 0.84
-    # verification accuracy, parser ~30 s to 0.47 mIoU). Gaze is skipped: EyeNet's stem (64/128 channels
-    # at the full 96x160 crop, fixed by the class) makes it the slowest to train: 40 steps of 8 faces took
-    # 117 s and reached 20.6 deg against 22.1 deg for always answering the mean gaze. Later stages run
-    # without gaze guidance; `full` trains it.
-    "demo": {"gaze": {"steps": 0}},
-    # ~10-25x the steps: better experts for benchmarks (about 1.5 hours on 2 CPU cores).
-    "full": {
-        "train_identities": 1000,
-        "checkpoint_every": 100,
-        "embedder": {"steps": 1500, "batch_size": 64, "eval_identities": 200},
-        "parser": {"width": 0.5, "input_size": 128, "steps": 1500, "batch_size": 16, "eval_samples": 256},
-        "gaze": {"nfeatures": 32, "steps": 300, "batch_size": 8, "eval_samples": 128},
-    },
-    # Seconds: for tests.
-    "tiny": {
-        "train_identities": 8,
-        "checkpoint_every": 2,
-        "embedder": {"widths": (4, 4, 8, 512), "steps": 3, "batch_size": 4, "eval_identities": 4, "eval_per_identity": 2},
-        "parser": {"width": 0.0625, "input_size": 32, "steps": 3, "batch_size": 2, "eval_samples": 4},
-        "gaze": {"nfeatures": 4, "nlandmarks": 2, "image_size": 64, "steps": 2, "batch_size": 1, "eval_samples": 2},
-    },
-}
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # demo, full, tiny: YAML over the defaults above
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def make_config(preset: str = "demo", overrides: dict[str, Any] | None = None) -> ExpertsConfig:
     """A preset, then nested overrides (e.g. from YAML: {"embedder": {"steps": 50}, "seed": 1})."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown experts preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    merged = _merge(PRESETS[preset], overrides or {})
+    if preset not in preset_names():
+        raise UserError(f"unknown experts preset {preset!r}; choose one of {', '.join(preset_names())}")
+    merged = _merge(read_yaml_mapping(PRESETS_DIR / f"{preset}.yaml", "experts settings"), overrides or {})
     try:
         return ExpertsConfig(
             **{k: v for k, v in merged.items() if k not in EXPERTS},
@@ -354,7 +336,7 @@ def train_experts(
     out: str | Path, config: ExpertsConfig, experts: tuple[str, ...] = EXPERTS, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Train (or reuse) each expert into `out`; returns {expert: its JSON record (scores, time, ...)}.
-    An expert configured with 0 steps is skipped (the demo preset skips gaze: see PRESETS)."""
+    An expert configured with 0 steps is skipped (the demo preset skips gaze: experts/presets/demo.yaml)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
