@@ -22,7 +22,7 @@ from facekit.arcface import resize_to
 from facekit.errors import UserError
 from facekit.imageio import atomic_write
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
-from facekit.training import EMA, setup_distributed
+from facekit.training import EMA, Dist, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
@@ -192,101 +192,146 @@ def recalibrate_batchnorm(model: nn.Module, embedder: nn.Module, train: PairList
 
 
 # -- the loop ------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What one distillation run trains and reads, built once by `_prepare`."""
+
+    dist: Dist
+    train: PairList
+    val: PairList
+    weight_of: Mapping[str, float]
+    student: MobileFaceSwap
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    perceptual: nn.Module
+    perceptual_kind: str
+    step: int
+
+    @property
+    def resolution(self) -> int:
+        return self.student.config.resolution
+
+
 def distill(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig,
             run_dir: str | Path, scores: Mapping[str, Mapping[str, float]] | None = None, scores_source: str = "",
             init: str | None = None, vgg_weights: str | None = None, device: str | None = None,
             progress: bool = True, judge: nn.Module | None = None, judge_name: str = "") -> dict[str, Any]:
     """Train (or resume) in run_dir; returns the final evaluation (also written to eval.json / eval.md).
     judge: an identity model not used in training, for the evaluation's identity similarity."""
-    from tqdm import tqdm
-
-    from distill.evaluate import evaluate, write_table
-
     run_dir = Path(run_dir)
+    run = _prepare(pairs, embedder, parser, config, run_dir, scores, scores_source, init, vgg_weights, device)
+    _train_steps(run, embedder, parser, config, run_dir, progress)
+    run.dist.close()
+    if not run.dist.main:
+        return {}
+    return _finish(run, embedder, config, run_dir, judge, judge_name)
+
+
+def _prepare(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig, run_dir: Path,
+             scores: Mapping[str, Mapping[str, float]] | None, scores_source: str, init: str | None,
+             vgg_weights: str | None, device: str | None) -> _Run:
+    """Split the pairs by identity, build (or resume) the student and its optimiser, put the experts on the device."""
     dist = setup_distributed(device)
     train_idx, val_idx = split_by_identity(pairs.identities, config.val_fraction, config.seed)
     train, val = pairs.subset(train_idx), pairs.subset(val_idx)
     weight_of = pair_weights(train, config.reweight, scores, scores_source)
-    embedder = embedder.to(dist.device)
-    parser = parser.to(dist.device) if parser is not None else None
+    embedder.to(dist.device)
+    if parser is not None:
+        parser.to(dist.device)
     identity_dim = _identity_dim(embedder, train[0]["source"], dist.device)
-
     torch.manual_seed(config.seed)
     student = build_student(config, pairs.resolution, identity_dim, init).to(dist.device).train()
-    resolution = student.config.resolution
-    if resolution != pairs.resolution:
-        log.info("pairs are %d², the student trains at %d²: images are resized on the fly", pairs.resolution, resolution)
+    if student.config.resolution != pairs.resolution:
+        log.info("pairs are %d², the student trains at %d²: images are resized on the fly", pairs.resolution,
+                 student.config.resolution)
     ema = EMA(student, config.ema_decay)
     optimizer = torch.optim.Adam(parameter_groups(student, config), betas=config.betas)
-    use_cuda = dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and use_cuda)
-    amp_dtype = torch.float16 if use_cuda else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.type == "cuda")
     perceptual, perceptual_kind = build_perceptual(vgg_weights, embedder, parser)
-    perceptual = perceptual.to(dist.device)
-
     step = _resume(run_dir, student, ema, optimizer, scaler, config, dist.device)
+    return _Run(dist, train, val, weight_of, student, ema, optimizer, scaler, perceptual.to(dist.device),
+                perceptual_kind, step)
+
+
+def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig, run_dir: Path,
+                 progress: bool) -> None:
+    """The loop from the resumed step to config.steps, with logs, sample grids and checkpoints."""
+    from tqdm import tqdm
+
+    dist, student = run.dist, run.student
     model: nn.Module = student
     if dist.world > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[dist.device.index] if use_cuda else None)
-
-    per_epoch = len(train) // (config.batch_size * dist.world)
+        on_gpu = [dist.device.index] if dist.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(student, device_ids=on_gpu)
+    amp_dtype = torch.float16 if dist.device.type == "cuda" else torch.bfloat16
+    per_epoch = len(run.train) // (config.batch_size * dist.world)
     used = per_epoch * config.batch_size * dist.world
     log.info("distill: %d train pairs / %d held-out (%d identities); each epoch uses %d pairs, %d left out by "
-             "batching (a different draw each epoch); reweight=%s; perceptual=%s",
-             len(train), len(val), len(set(val.identities)), used, len(train) - used, config.reweight, perceptual_kind)
+             "batching (a different draw each epoch); reweight=%s; perceptual=%s", len(run.train), len(run.val),
+             len(set(run.val.identities)), used, len(run.train) - used, config.reweight, run.perceptual_kind)
     writer = _writer(run_dir) if dist.main else None
-    preview = _preview_batch(val, dist.device)
-    bar = tqdm(total=config.steps, initial=step, desc="distill", unit="step", disable=not (progress and dist.main))
-    next_batch = training_batches(train, config.batch_size, config.seed, step, dist.rank, dist.world,
+    preview = _preview_batch(run.val, dist.device)
+    bar = tqdm(total=config.steps, initial=run.step, desc="distill", unit="step", disable=not (progress and dist.main))
+    next_batch = training_batches(run.train, config.batch_size, config.seed, run.step, dist.rank, dist.world,
                                   config.stream, config.stream_workers)
     try:
-        while step < config.steps:
+        while run.step < config.steps:
             batch = _to_device(default_collate(next_batch()), dist.device)
-            raw = torch.tensor([weight_of[pid] for pid in batch["pair_id"]], device=dist.device)
-            a = normalize_mean_one(raw)
+            a = normalize_mean_one(torch.tensor([run.weight_of[pid] for pid in batch["pair_id"]], device=dist.device))
             with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=config.amp):
-                loss, terms = compute_losses(model, embedder, parser, perceptual, batch, a, config.weights, resolution)
+                loss, terms = compute_losses(model, embedder, parser, run.perceptual, batch, a, config.weights,
+                                             run.resolution)
             if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at step {step}: lower the learning rate "
+                raise UserError(f"loss became {loss.item()} at step {run.step}: lower the learning rate "
                                 "(the last checkpoint is kept)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            ema.update(student)
-            step += 1
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.ema.update(student)
+            run.step += 1
             bar.update(1)
-            if writer is not None and (step % config.log_every == 0 or step == config.steps):
-                writer.add_scalar("loss/total", loss.item(), step)
-                for name, value in terms.items():
-                    writer.add_scalar(f"loss/{name}", value.item(), step)
-                writer.add_scalar("reweight/a_max", a.max().item(), step)
-                writer.add_scalar("reweight/a_min", a.min().item(), step)
+            if writer is not None and (run.step % config.log_every == 0 or run.step == config.steps):
+                _log_scalars(writer, loss, terms, a, run.step)
                 bar.set_postfix(loss=f"{loss.item():.4f}", id=f"{terms['identity'].item():.3f}")
-            if dist.main and (step % config.sample_every == 0 or step == config.steps):
-                recalibrate_batchnorm(ema.model, embedder, train, config, resolution, dist.device)
-                save_grid(ema.model, embedder, preview, run_dir / "samples" / f"step_{step:07d}.png", resolution)
-            if dist.main and (step % config.checkpoint_every == 0 or step == config.steps):
-                _save_checkpoint(run_dir, student, ema, optimizer, scaler, step, config)
+            if dist.main and (run.step % config.sample_every == 0 or run.step == config.steps):
+                recalibrate_batchnorm(run.ema.model, embedder, run.train, config, run.resolution, dist.device)
+                save_grid(run.ema.model, embedder, preview, run_dir / "samples" / f"step_{run.step:07d}.png",
+                          run.resolution)
+            if dist.main and (run.step % config.checkpoint_every == 0 or run.step == config.steps):
+                _save_checkpoint(run_dir, student, run.ema, run.optimizer, run.scaler, run.step, config)
     except KeyboardInterrupt:
         if dist.main:
-            _save_checkpoint(run_dir, student, ema, optimizer, scaler, step, config)
+            _save_checkpoint(run_dir, student, run.ema, run.optimizer, run.scaler, run.step, config)
         raise
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-    dist.close()
-    if not dist.main:
-        return {}
+
+
+def _log_scalars(writer, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], a: torch.Tensor, step: int) -> None:
+    writer.add_scalar("loss/total", loss.item(), step)
+    for name, value in terms.items():
+        writer.add_scalar(f"loss/{name}", value.item(), step)
+    writer.add_scalar("reweight/a_max", a.max().item(), step)
+    writer.add_scalar("reweight/a_min", a.min().item(), step)
+
+
+def _finish(run: _Run, embedder: nn.Module, config: DistillConfig, run_dir: Path, judge: nn.Module | None,
+            judge_name: str) -> dict[str, Any]:
+    """Save the EMA student (with BatchNorm statistics of its own weights) and evaluate it on the held-out pairs."""
+    from distill.evaluate import evaluate, write_table
     from student.checkpoint import save_student
 
-    recalibrate_batchnorm(ema.model, embedder, train, config, resolution, dist.device)
-    save_student(ema.model, run_dir / "student.safetensors",
-                 extra={"steps": str(step), "reweight": config.reweight, "perceptual": perceptual_kind})
-    result = evaluate(ema.model, embedder, val, resolution, config.eval_batch_size, judge, judge_name)
-    result["run"] = {"steps": step, "reweight": config.reweight, "seed": config.seed, "perceptual": perceptual_kind,
-                     "train_pairs": len(train), "val_pairs": len(val), "config": config.to_dict()}
+    recalibrate_batchnorm(run.ema.model, embedder, run.train, config, run.resolution, run.dist.device)
+    save_student(run.ema.model, run_dir / "student.safetensors",
+                 extra={"steps": str(run.step), "reweight": config.reweight, "perceptual": run.perceptual_kind})
+    result = evaluate(run.ema.model, embedder, run.val, run.resolution, config.eval_batch_size, judge, judge_name)
+    result["run"] = {"steps": run.step, "reweight": config.reweight, "seed": config.seed,
+                     "perceptual": run.perceptual_kind, "train_pairs": len(run.train), "val_pairs": len(run.val),
+                     "config": config.to_dict()}
     write_table(result, run_dir)
     return result
 

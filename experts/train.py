@@ -9,7 +9,8 @@ at small widths, so every later stage runs the same code on them.
 - gaze: EyeNet on crops from the 5 landmarks (`crop_eyes`), L1 on (pitch, yaw); scored by angular error.
 
 Faces are rendered on the fly from per-step seeds (an endless, exactly reproducible data stream), so a run
-resumes bit-for-bit from its last partial checkpoint (NAME.partial.pt, facekit.resume). A directory holds one file pair per expert
+resumes bit-for-bit from its last partial checkpoint
+(NAME.partial.pt, through facekit.resume). A directory holds one file pair per expert
 (NAME.safetensors + NAME.json with class, arguments, config and scores); an expert whose config is
 unchanged is reused, not retrained. Every command loads them through facekit.expert_loader.
 """
