@@ -74,27 +74,11 @@ class DistillConfig:
 
 def load_distill_config(path: str | None, overrides: Mapping[str, Any] | None = None) -> DistillConfig:
     """YAML preset (keys of DistillConfig; `weights:` a mapping) plus command-line overrides."""
-    from facekit.config import check_types, read_yaml_mapping
+    from facekit.config import read_yaml_mapping, settings
 
     data: dict[str, Any] = read_yaml_mapping(path, "distill settings (see configs/distill_*.yaml)") if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in dataclasses.fields(DistillConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"unknown distill config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    weights = data.pop("weights", None) or {}
-    if isinstance(weights, LossWeights):
-        weights = dataclasses.asdict(weights)
-    bad = sorted(set(weights) - {f.name for f in dataclasses.fields(LossWeights)})
-    if bad:
-        known_weights = ", ".join(f.name for f in dataclasses.fields(LossWeights))
-        raise UserError(f"unknown loss weights: {', '.join(bad)} (known: {known_weights})")
-    if "betas" in data:
-        data["betas"] = tuple(data["betas"])
-    config = DistillConfig(weights=LossWeights(**weights), **data)
-    check_types(config, str(path or "distill settings"))
-    check_types(config.weights, str(path or "distill settings") + " weights")
-    return config
+    return settings(DistillConfig, data, str(path or "distill settings"), "distill settings")
 
 
 # -- model ---------------------------------------------------------------------------------------------------

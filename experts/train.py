@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekit import synthetic
-from facekit.config import read_yaml_mapping
+from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 from facekit.expert_loader import EXPERTS, construct
 from facekit.imageio import atomic_write, atomic_write_text
@@ -109,15 +109,7 @@ def make_config(preset: str = "demo", overrides: dict[str, Any] | None = None) -
     if preset not in preset_names():
         raise UserError(f"unknown experts preset {preset!r}; choose one of {', '.join(preset_names())}")
     merged = _merge(read_yaml_mapping(PRESETS_DIR / f"{preset}.yaml", "experts settings"), overrides or {})
-    try:
-        return ExpertsConfig(
-            **{k: v for k, v in merged.items() if k not in EXPERTS},
-            embedder=EmbedderConfig(**_tuples(merged.get("embedder", {}))),
-            parser=ParserConfig(**merged.get("parser", {})),
-            gaze=GazeConfig(**merged.get("gaze", {})),
-        )
-    except TypeError as err:
-        raise UserError(f"experts config: {err}; see `distilswap experts train --help` for the fields") from None
+    return settings(ExpertsConfig, merged, f"experts preset {preset}", "experts settings")
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -125,10 +117,6 @@ def _merge(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
         out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
     return out
-
-
-def _tuples(values: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""The one way a YAML settings file is read: a mapping, or one line saying what is wrong and where."""
+"""The one way settings are read: a YAML file's mapping (or one line saying what is wrong and where), then a
+settings dataclass built from it (unknown keys named, lists made tuples, nested sections, types checked)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 from facekit.errors import UserError
+
+T = TypeVar("T")
 
 
 def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any]:
@@ -30,11 +34,42 @@ def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any
     return data
 
 
+def settings(cls: type[T], data: Mapping[str, Any], where: str, what: str = "settings") -> T:
+    """`cls` from a mapping of its fields: an unknown key is one line naming the known ones; a list becomes a
+    tuple where the default is one; a mapping given for a dataclass-valued field (a section) is built the
+    same way; then each value must have its default's type (`check_types`)."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown {what} {unknown}; known: {sorted(known)}")
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value, default = data[field.name], _default(field)
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            value = settings(type(default), value, where, f"{field.name} settings")
+        elif dataclasses.is_dataclass(default) and not isinstance(value, type(default)):
+            raise UserError(f"{where}: {field.name} must be a mapping of its settings, got {value!r}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    config = cls(**values)
+    check_types(config, where)
+    return config
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
 def check_types(config: Any, where: str) -> None:
     """Each field of a settings dataclass has its default's type (an int may stand for a float), so a YAML
     typo fails here, in one line, not deep inside a run."""
-    import dataclasses
-
     for field in dataclasses.fields(config):
         default = field.default if field.default is not dataclasses.MISSING else None
         value = getattr(config, field.name)
@@ -43,4 +78,7 @@ def check_types(config: Any, where: str) -> None:
         kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (tuple, list)}.get(type(default))
         wrong = kinds is not None and (not isinstance(value, kinds) or (type(default) is not bool and isinstance(value, bool)))
         if wrong:
-            raise UserError(f"{where}: {field.name} must be a {type(default).__name__} like {default!r}, got {value!r}")
+            raise UserError(f"{where}: {field.name} must be {KIND_NAMES[type(default)]} like {default!r}, got {value!r}")
+
+
+KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list"}

@@ -31,12 +31,12 @@ cancel).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from facekit.bisenet import KEPT_CLASSES, class_mask
-from facekit.config import check_types, read_yaml_mapping
+from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 
 from . import guidance
@@ -108,14 +108,7 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
         raise UserError(f"unknown sampling preset {preset!r}: use one of {names} or a YAML file")
     data = read_yaml_mapping(path, "sampling settings")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in fields(SwapConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(f"{path}: unknown sampling settings {sorted(unknown)}; known: {sorted(known)}")
-    if "gaze_window" in data:
-        data["gaze_window"] = tuple(data["gaze_window"])
-    config = SwapConfig(**data)
-    check_types(config, str(path))
+    config = settings(SwapConfig, data, str(path), "sampling settings")
     if not 0 <= config.skip < config.respacing:
         raise UserError(f"skip must be in [0, respacing): got skip={config.skip}, respacing={config.respacing}")
     for name, choices in CHOICES.items():

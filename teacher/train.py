@@ -16,13 +16,13 @@ import json
 import logging
 import signal
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from facekit.config import read_yaml_mapping
+from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 from facekit.imageio import atomic_write_text
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
@@ -72,9 +72,6 @@ class TrainConfig:
 def load_train_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
     data = read_yaml_mapping(path, "training settings") if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)}
-    if set(data) - known:
-        raise UserError(f"unknown training settings {sorted(set(data) - known)}; known: {sorted(known)}")
     if "snapshot_fractions" in data:
         try:
             data["snapshot_fractions"] = tuple(float(f) for f in data["snapshot_fractions"])
@@ -82,7 +79,7 @@ def load_train_config(path: str | None, overrides: dict | None = None) -> TrainC
             raise UserError(f"snapshot_fractions must be numbers in (0, 1], got {data['snapshot_fractions']!r}") from None
         if not all(0 < f <= 1 for f in data["snapshot_fractions"]):
             raise UserError(f"snapshot_fractions must lie in (0, 1], got {list(data['snapshot_fractions'])}")
-    config = TrainConfig(**data)
+    config = settings(TrainConfig, data, path or "the command line", "training settings")
     _check_values(config, path or "the command line")
     return config
 

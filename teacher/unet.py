@@ -231,7 +231,7 @@ class UNetModel(nn.Module):
 
 def load_unet_config(preset: str) -> UNetConfig:
     """A preset name (official_256, reference_small, demo_64) or a YAML file of UNetConfig fields."""
-    from facekit.config import read_yaml_mapping
+    from facekit.config import read_yaml_mapping, settings
     from facekit.errors import UserError
 
     presets = Path(__file__).resolve().parent / "presets"
@@ -239,8 +239,4 @@ def load_unet_config(preset: str) -> UNetConfig:
     if not path.is_file():
         names = sorted(p.stem[len("unet_"):] for p in presets.glob("unet_*.yaml"))
         raise UserError(f"unknown UNet preset {preset!r}: use one of {names} or a YAML file")
-    data = read_yaml_mapping(path, "UNet settings")
-    unknown = set(data) - set(UNetConfig.__dataclass_fields__)
-    if unknown:
-        raise UserError(f"{path}: unknown UNet settings {sorted(unknown)}")
-    return UNetConfig.from_dict(data)
+    return settings(UNetConfig, read_yaml_mapping(path, "UNet settings"), str(path), "UNet settings")

@@ -19,7 +19,7 @@ CASES = [
     (["teacher", "train", "--snapshot-fractions", "0,2,abc", "--out", "{d}/t"], "snapshot_fractions must be numbers"),
     (["teacher", "train", "--config", "{d}/bad.yaml"], "bad.yaml: not valid YAML at line 2"),
     (["teacher", "train", "--config", "{d}/list.yaml"], "expected a mapping of training settings, got list"),
-    (["teacher", "train", "--config", "{d}/types.yaml"], "batch_size must be a whole number ≥ 1, got 'lots'"),
+    (["teacher", "train", "--config", "{d}/types.yaml"], "batch_size must be a whole number like 8, got 'lots'"),
     (["teacher", "train", "--config", "{d}/missing.yaml"], "missing.yaml: no such training settings file"),
     (["teacher", "train", "--experts", "{d}/nope", "--out", "{d}/t"], "experts directory"),
     (["teacher", "swap", "--teacher", "{d}/junk.safetensors", "--source", "a.png", "--target", "b.png", "--out", "{d}/s"],

@@ -177,7 +177,13 @@ def test_config_file_and_overrides(tmp_path):
     config = load_distill_config(str(path), {"steps": 9, "lr": None})
     assert (config.steps, config.width, config.weights.identity, config.weights.l1) == (9, 0.5, 3.0, 1.0)
     path.write_text("stepz: 7\n")
-    with pytest.raises(UserError, match="unknown distill config keys: stepz"):
+    with pytest.raises(UserError, match=r"unknown distill settings \['stepz'\]; known: \['amp'"):
+        load_distill_config(str(path))
+    path.write_text("weights: {identiy: 3.0}\n")
+    with pytest.raises(UserError, match=r"unknown weights settings \['identiy'\]; known: \['identity'"):
+        load_distill_config(str(path))
+    path.write_text("weights: 3\n")
+    with pytest.raises(UserError, match="weights must be a mapping of its settings, got 3"):
         load_distill_config(str(path))
 
 

@@ -91,7 +91,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
 
 @pytest.mark.parametrize("settings, message", [
     ({"batch_size": 0}, "batch_size must be a whole number ≥ 1, got 0"),
-    ({"steps": "ten"}, "steps must be a whole number ≥ 1, got 'ten'"),
+    ({"steps": "ten"}, "steps must be a whole number like 200, got 'ten'"),
     ({"lr": -1}, "lr must be a number > 0, got -1"),
     ({"checkpoint_every": 0}, "checkpoint_every must be a whole number ≥ 1"),
     ({"snapshot_fractions": [0, 2]}, r"snapshot_fractions must lie in \(0, 1\]"),
