@@ -14,7 +14,7 @@ import torch
 
 from app.clock import StageClock
 from export import layout
-from export.onnx_export import ort_session
+from facekit.onnx_runtime import ort_session
 from facekit.errors import UserError
 from facekit.smoothing import OneEuroFilter
 

@@ -217,7 +217,8 @@ def _latency(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer
              formats: tuple[str, ...]) -> dict[str, dict]:
     """Every graph at every thread count, interleaved in rounds so all see the same machine load; the peer in
     rounds of its own, paired with the baked student."""
-    from export.onnx_export import identity_session, ort_session, run_swapper
+    from export.onnx_export import identity_session, run_swapper
+    from facekit.onnx_runtime import ort_session
 
     x = subject.target.numpy()
     weights = _identity_weights(subject)
@@ -289,7 +290,8 @@ def _identity_weights(subject: _Subject) -> dict[str, np.ndarray]:
 
 def _session_creation(subject: _Subject, artifacts_dir: Path, peer_path: Path) -> dict[str, float]:
     """How long a phone app waits before its first frame, per graph (1 thread)."""
-    from export.onnx_export import identity_session, ort_session
+    from export.onnx_export import identity_session
+    from facekit.onnx_runtime import ort_session
 
     baked, dynamic = artifacts_dir / layout.baked(BENCH_NAME), artifacts_dir / layout.DYNAMIC
     weights = _identity_weights(subject)

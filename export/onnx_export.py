@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from export.metadata import set_onnx_metadata
+from facekit.onnx_runtime import ort_session, session_options
 from student.idn import SwapNet, identity_weight_shapes
 from student.model import MobileFaceSwap, identity_weight_names
 
@@ -126,26 +127,6 @@ def check_identity_initializers(path: str | Path, shapes: Mapping[str, tuple[int
 
 
 # -- ONNX Runtime ---------------------------------------------------------------------------------
-
-LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
-def session_options(level: str = "basic", threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
-def ort_session(path: str | Path, level: str = "basic", threads: int = 1, options=None):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), options or session_options(level, threads), providers=["CPUExecutionProvider"])
-
 
 def identity_session(baked_path: str | Path, weights: Mapping[str, np.ndarray], level: str = "all", threads: int = 1):
     """A baked swapper with another identity's weights swapped in (e.g. the injector's outputs)."""

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from facekit.errors import UserError
+from facekit.onnx_runtime import ort_session, session_options
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # What onnxruntime.tools.convert_onnx_models_to_ort does for phones ("Fixed" style): every optimisation level,
@@ -62,14 +63,10 @@ def to_ort_format(onnx_path: str | Path, ort_path: str | Path) -> Path:
     model for the mobile runtime. On this desktop it runs slower than the `.onnx` (which ORT lays out in
     NCHWc blocks for this CPU when it loads it); on a phone the ARM kernels or the NNAPI / Core ML / XNNPACK
     execution providers run it."""
-    import onnxruntime as ort
-
-    from export.onnx_export import session_options
-
     options = session_options("all")
     options.optimized_model_filepath = str(ort_path)
     options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
+    ort_session(onnx_path, options=options, disabled_optimizers=["NchwcTransformer"])
     return Path(ort_path)
 
 

@@ -126,7 +126,7 @@ def _weights(reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _compare_levels(result: Verification, path: Path, run, expected: list[np.ndarray], bound: float) -> None:
     """Bound at ENABLE_BASIC; ENABLE_ALL reported (its fusions change rounding)."""
-    from export.onnx_export import ort_session
+    from facekit.onnx_runtime import ort_session
 
     for level, level_bound in (("basic", bound), ("all", None)):
         outputs = run(ort_session(path, level))
@@ -170,7 +170,8 @@ def _check_baked(result, path, reference, entry, resolution) -> None:
 
 
 def _check_ort(result, path, reference, entry, resolution) -> None:
-    from export.onnx_export import ort_session, run_swapper
+    from export.onnx_export import run_swapper
+    from facekit.onnx_runtime import ort_session
 
     session = ort_session(path, "disable")
     _metadata(result, path.name, session.get_modelmeta().custom_metadata_map)
@@ -180,7 +181,8 @@ def _check_ort(result, path, reference, entry, resolution) -> None:
 
 
 def _check_int8(result, path, reference, entry, resolution) -> None:
-    from export.onnx_export import ort_session, run_swapper
+    from export.onnx_export import run_swapper
+    from facekit.onnx_runtime import ort_session
 
     _onnx_common(result, path)
     session = ort_session(path, "all")

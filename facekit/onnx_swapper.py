@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from facekit.errors import UserError
+from facekit.onnx_runtime import ort_session
 
 
 class OneShotOnnxSwapper:
     def __init__(self, path: str | Path, use_emap: bool = False):
         import onnx
-        import onnxruntime as ort
         from onnx import numpy_helper
 
         path = Path(path)
@@ -30,7 +30,7 @@ class OneShotOnnxSwapper:
         if sorted(names) != ["source", "target"]:
             raise UserError(f"{path}: a one-shot swapper needs inputs 'target' and 'source', found {names}")
         self.emap = numpy_helper.to_array(model.graph.initializer[-1]).astype(np.float32) if use_emap else None
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.session = ort_session(model.SerializeToString(), "all", threads=0)  # 0: ORT picks (all cores)
         shape = next(i for i in self.session.get_inputs() if i.name == "target").shape
         self.size = shape[-1] if isinstance(shape[-1], int) else None
         self.batched = not isinstance(shape[0], int) or shape[0] != 1

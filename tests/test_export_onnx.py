@@ -13,7 +13,8 @@ from export.artifacts import export_artifacts
 from export.coreml_export import _check_weights, check_coreml, coreml_metadata
 from facekit.identity import load_identity, save_identity
 from export.metadata import REQUIRED_KEYS, onnx_metadata
-from export.onnx_export import export_baked, identity_session, ort_session, run_swapper
+from export.onnx_export import export_baked, identity_session, run_swapper
+from facekit.onnx_runtime import ort_session
 from facekit.errors import UserError
 from student.checkpoint import load_student, save_student
 from student.config import StudentConfig, scaled
