@@ -80,11 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _swap(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from facekit.detect import make_detector
+    from facekit.faces.detect import make_detector
     from facekit.errors import UserError
     from facekit.identity import resolve_identity
-    from facekit.imageio import IMAGE_SUFFIXES, read_image, write_image
-    from facekit.video import VIDEO_SUFFIXES, X264_PRESETS
+    from facekit.faces.imageio import IMAGE_SUFFIXES, read_image, write_image
+    from facekit.faces.video import VIDEO_SUFFIXES, X264_PRESETS
     from app.swap import FaceSwapRun, open_swapper, side_by_side
 
     if Path(args.out).exists() and not args.force:
@@ -122,8 +122,8 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
 
     from app.swap import FaceSwapRun
     from app.tracking import FaceTracker
-    from facekit.detect import DlibDetector, landmark_predictor
-    from facekit.video import iter_frames, read_ahead, video_info, write_video
+    from facekit.faces.detect import DlibDetector, landmark_predictor
+    from facekit.faces.video import iter_frames, read_ahead, video_info, write_video
 
     info = video_info(target)
     if isinstance(detector, DlibDetector):  # key frames are downscaled to --detect-width: no upsampling there
@@ -146,7 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from app.evaluate import evaluate, list_pairs, model_swap, paste_source
-    from facekit.detect import make_detector
+    from facekit.faces.detect import make_detector
     from facekit.errors import UserError
 
     if args.frames < 1:
@@ -160,7 +160,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             models[name] = paste_source
         else:
             models[name] = model_swap(name, args.embedder, detector, args.onnx_emap)
-    from facekit.expert_loader import load_embedder
+    from facekit.experts.expert_loader import load_embedder
 
     recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}
     report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector,

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from facekit.detect import Face
+from facekit.faces.detect import Face
 from facekit.errors import UserError
 
 # (source image, source face, target image, target face) -> result image, all HxWx3 uint8 RGB
@@ -45,8 +45,8 @@ def list_pairs(sources: str | Path | None, targets: str | Path | None, pairs_csv
                frames: int = 8) -> list[EvalPair]:
     """Every source with every target (photos, or `frames` frames spread evenly over each target video), or
     the rows (source, target) of a CSV."""
-    from facekit.imageio import IMAGE_SUFFIXES
-    from facekit.video import VIDEO_SUFFIXES, video_info
+    from facekit.faces.imageio import IMAGE_SUFFIXES
+    from facekit.faces.video import VIDEO_SUFFIXES, video_info
 
     if pairs_csv:
         rows = [r for r in csv.reader(Path(pairs_csv).read_text().splitlines()) if r and not r[0].startswith("#")]
@@ -86,7 +86,7 @@ def paste_source(source: np.ndarray, source_face: Face, target: np.ndarray, targ
     """The source's own face, aligned onto the target's (the identity ceiling of a swap, and no swap at all)."""
     import cv2
 
-    from facekit.align import estimate_transform, paste_back, transform_points, warp_face
+    from facekit.faces.align import estimate_transform, paste_back, transform_points, warp_face
 
     size = 224
     from_source = estimate_transform(source_face.landmarks5, size, mode="affine")
@@ -105,7 +105,7 @@ def model_swap(model: str | Path, embedder: str | Path | None, detector, use_ema
 
     if embedder is None:
         raise UserError(f"--model {model}: a swapper model needs --embedder to read each source's identity")
-    from facekit.expert_loader import load_embedder
+    from facekit.experts.expert_loader import load_embedder
 
     identity_model = load_embedder(embedder)
     swappers: dict[bytes, object] = {}
@@ -140,8 +140,8 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     from tqdm import tqdm
 
     from app.judges import DlibRecognizer
-    from facekit.detect import landmark_predictor
-    from facekit.imageio import write_image
+    from facekit.faces.detect import landmark_predictor
+    from facekit.faces.imageio import write_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,8 +221,8 @@ class _FaceCache:
         self._frames: dict[tuple[Path, int], np.ndarray] = {}
 
     def _image(self, path: Path, frame: int | None) -> np.ndarray:
-        from facekit.imageio import read_image
-        from facekit.video import iter_frames
+        from facekit.faces.imageio import read_image
+        from facekit.faces.video import iter_frames
 
         if frame is None:
             return read_image(path)
@@ -269,7 +269,7 @@ class _FaceCache:
 def _score(result: np.ndarray, pair: EvalPair, target: np.ndarray, target_face: Face, target_descriptor: np.ndarray,
            gallery: dict[Path, np.ndarray], recognizer, predictor) -> dict:
     from app.judges import angle_error, expression, face_region, head_pose
-    from facekit.detect import landmarks68_to_5
+    from facekit.faces.detect import landmarks68_to_5
 
     landmarks = predictor(result, target_face.bbox)  # the face where the target's was, as the swap left it
     descriptor = recognizer.descriptor(result, target_face.bbox, landmarks)
@@ -301,7 +301,7 @@ class _Judge:
     def _embed(self, image: np.ndarray, landmarks5) -> np.ndarray:
         import torch
 
-        from facekit.align import estimate_transform, warp_face
+        from facekit.faces.align import estimate_transform, warp_face
 
         crop = warp_face(image, estimate_transform(np.asarray(landmarks5), 112, mode="similarity"), 112)
         with torch.no_grad():
@@ -325,7 +325,7 @@ def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path,
 
     from app.judges import face_region
     from app.tracking import FaceTracker
-    from facekit.video import iter_frames
+    from facekit.faces.video import iter_frames
 
     tracker = FaceTracker(detector, predictor)
     inputs, outputs, widths = [], [], []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facekit.detect import package_file
+from facekit.faces.detect import package_file
 
 # A generic 3-D face (mm, camera axes: x right, y down, z away from the camera): nose tip, chin, eye outer
 # corners, mouth corners; their iBUG 68 indices below.

@@ -16,7 +16,7 @@ from app.clock import StageClock
 from export import layout
 from facekit.onnx_runtime import ort_session
 from facekit.errors import UserError
-from facekit.smoothing import OneEuroFilter
+from facekit.faces.smoothing import OneEuroFilter
 
 IdentityTensors = tuple[torch.Tensor, torch.Tensor]  # (embedding [1,D], feature map [1,D,7,7])
 # MobileFaceSwap fits its 224² crops with a full least-squares affine to the ArcFace template ×2.
@@ -132,7 +132,7 @@ class FaceSwapRun:
         return self.finish(prepared), len(prepared.crops)
 
     def prepare(self, frame: np.ndarray) -> Prepared:
-        from facekit.align import estimate_transform, warp_face
+        from facekit.faces.align import estimate_transform, warp_face
 
         with self.clock.stage("detect/track"):
             faces = self.detector(frame)  # largest first: the FaceDetector contract
@@ -150,7 +150,7 @@ class FaceSwapRun:
         return prepared
 
     def finish(self, prepared: Prepared) -> np.ndarray:
-        from facekit.align import paste_back
+        from facekit.faces.align import paste_back
 
         if not prepared.crops:
             return prepared.frame

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from facekit.align import estimate_transform
-from facekit.detect import Face, FaceDetector, LandmarkPredictor, landmarks68_to_5
+from facekit.faces.align import estimate_transform
+from facekit.faces.detect import Face, FaceDetector, LandmarkPredictor, landmarks68_to_5
 
 _THUMB = (32, 18)  # scene-cut thumbnail (width, height)
 _PATCH = 32  # aligned grey face patch for the lost-track check

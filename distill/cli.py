@@ -164,7 +164,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from distill.evaluate import format_table
     from distill.reweight import SCORES_FILENAME, check_scores_match, read_scores
     from distill.train import distill, load_distill_config
-    from facekit.expert_loader import load_embedder, load_expert_set
+    from facekit.experts.expert_loader import load_embedder, load_expert_set
 
     _logging()
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
@@ -192,7 +192,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from distill.compare import read_runs, report, save_chart, series
-    from facekit.imageio import atomic_write_text
+    from facekit.files import atomic_write_text
 
     splits = read_runs(args.runs)
     table = report(splits)

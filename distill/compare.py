@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.files import atomic_write
 
 # (eval.json key, column title, lower is better)
 COLUMNS = (

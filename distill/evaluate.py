@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from facekit.arcface import resize_to
-from facekit.imageio import atomic_write_text
+from facekit.experts.arcface import resize_to
+from facekit.files import atomic_write_text
 from distill.data import PairList
 
 ROWS = ("student", "teacher", "teacher, final snapshot", "target (no swap)", "ground truth")

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekit.arcface import imagenet_normalize, resize_to
+from facekit.experts.arcface import imagenet_normalize, resize_to
 from facekit.errors import UserError
-from facekit.frozen import freeze
+from facekit.experts.frozen import freeze
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def background(target: torch.Tensor, teacher_swap: torch.Tensor, blend_mask: tor
     target and the teacher's swap; without a parser, outside the teacher's blend mask."""
     if parser is None:
         return (blend_mask < 0.5).float()
-    from facekit.bisenet import BACKGROUND_CLASSES, class_mask
+    from facekit.experts.bisenet import BACKGROUND_CLASSES, class_mask
 
     size = target.shape[-2:]
     masks = [resize_to(class_mask(parser(x), BACKGROUND_CLASSES), size, mode="nearest") for x in (target, teacher_swap)]

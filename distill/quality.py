@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from facekit.arcface import imagenet_normalize, resize_to
+from facekit.experts.arcface import imagenet_normalize, resize_to
 from facekit.errors import UserError
 from distill.data import PairList, split_by_identity, training_batches
 
@@ -136,7 +136,7 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
 def save_quality(model: QualityRegressor, path: str | Path, pair_resolution: int, report: dict[str, object]) -> Path:
     from safetensors.torch import save_file
 
-    from facekit.imageio import atomic_write
+    from facekit.files import atomic_write
 
     path = Path(path)
     metadata = {"format": FORMAT, "input_size": str(model.input_size), "pair_resolution": str(pair_resolution),

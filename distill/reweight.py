@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text
 
 COMBINATIONS = ("product", "identity", "quality", "off")
 SCORES_FORMAT = "distilswap-scores/1"

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from facekit.arcface import resize_to
+from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.files import atomic_write
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, Dist, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches

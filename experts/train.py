@@ -12,7 +12,7 @@ Faces are rendered on the fly from per-step seeds (an endless, exactly reproduci
 resumes bit-for-bit from its last partial checkpoint
 (NAME.partial.pt, through facekit.resume). A directory holds one file pair per expert
 (NAME.safetensors + NAME.json with class, arguments, config and scores); an expert whose config is
-unchanged is reused, not retrained. Every command loads them through facekit.expert_loader.
+unchanged is reused, not retrained. Every command loads them through facekit.experts.expert_loader.
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekit import synthetic
+from facekit.world import synthetic
 from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
-from facekit.expert_loader import EXPERTS, construct
-from facekit.imageio import atomic_write, atomic_write_text
+from facekit.experts.expert_loader import EXPERTS, construct
+from facekit.files import atomic_write, atomic_write_text
 from facekit.resume import DamagedState, load_state, save_state
 
 VERSION = 1  # bump when training code changes what a config produces
@@ -243,7 +243,7 @@ def class_weights(config: ExpertsConfig, samples: int = 256) -> torch.Tensor:
 
 
 def _eye_crops(faces: dict[str, torch.Tensor]) -> torch.Tensor:
-    from facekit.eyenet import crop_eyes
+    from facekit.experts.eyenet import crop_eyes
 
     return crop_eyes(faces["image"], faces["landmarks5"])
 

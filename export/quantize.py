@@ -29,7 +29,7 @@ def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -
     if not directory.is_dir():
         raise UserError(f"{directory}: calibration folder not found (pass --calibration DIR with face crops)")
     if (directory / "dataset.json").is_file():
-        from facekit.folder_dataset import FolderDataset
+        from facekit.world.folder_dataset import FolderDataset
 
         dataset = FolderDataset(directory, resolution=resolution)
         count = min(limit, len(dataset))

@@ -75,7 +75,7 @@ def pairs_sheet(stage_dir: Path, out_png: Path, per_shard: int = 2, max_rows: in
     (a diffusion teacher uses one snapshot per shard, so the rows go from early to final snapshots)."""
     import torch
 
-    from facekit.imageio import write_image
+    from facekit.faces.imageio import write_image
     from facekit.pairs import PairDataset
 
     if not (stage_dir / "manifest.json").is_file() or not (stage_dir / "shards").is_dir():

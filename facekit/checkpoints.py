@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekit.arcface import IRSEArcFace
-from facekit.bisenet import BiSeNet
+from facekit.experts.arcface import IRSEArcFace
+from facekit.experts.bisenet import BiSeNet
 from facekit.errors import UserError
-from facekit.eyenet import EyeNet
-from facekit.frozen import freeze
+from facekit.experts.eyenet import EyeNet
+from facekit.experts.frozen import freeze
 from facekit.safe_pickle import load_pdparams
 from facekit.torch_pickle import ModulePlaceholder, load_torch_pickle, placeholder_state_dict
 

@@ -34,7 +34,7 @@ def _register_world(subparsers: argparse._SubParsersAction) -> None:
         "dataset", help="write a data set in the shared folder format (train/test split by identity)",
         formatter_class=RAW,
         description="Images, label maps, landmarks, gaze and all parameters, readable by "
-        "facekit.folder_dataset.FolderDataset like real data. Same settings -> same bytes; an interrupted "
+        "facekit.world.folder_dataset.FolderDataset like real data. Same settings -> same bytes; an interrupted "
         "write resumes. Example:\n"
         "  distilswap world dataset --out data/synthetic --identities 200 --per-identity 10 --size 128")
     dataset.add_argument("--out", required=True, help="data set directory")
@@ -113,8 +113,8 @@ def _world_render(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import make_grid
 
-    from facekit import synthetic
-    from facekit.synthetic_dataset import colorize, save_image
+    from facekit.world import synthetic
+    from facekit.world.synthetic_dataset import colorize, save_image
 
     _check_size(args.size)
     _check_count("--count", args.count)
@@ -133,7 +133,7 @@ def _world_render(args: argparse.Namespace) -> int:
 
 
 def _world_dataset(args: argparse.Namespace) -> int:
-    from facekit.synthetic_dataset import WorldConfig, write_dataset
+    from facekit.world.synthetic_dataset import WorldConfig, write_dataset
 
     config = WorldConfig(seed=args.seed, identities=args.identities, per_identity=args.per_identity, size=args.size,
                          test_fraction=args.test_fraction)
@@ -144,7 +144,7 @@ def _world_dataset(args: argparse.Namespace) -> int:
 
 
 def _world_sheet(args: argparse.Namespace) -> int:
-    from facekit.synthetic_dataset import contact_sheet, save_image
+    from facekit.world.synthetic_dataset import contact_sheet, save_image
 
     _check_size(args.size)
     _check_count("--sources", args.sources)
@@ -157,7 +157,7 @@ def _world_sheet(args: argparse.Namespace) -> int:
 def _world_bench(args: argparse.Namespace) -> int:
     import time
 
-    from facekit import synthetic
+    from facekit.world import synthetic
 
     _check_size(args.size)
     _check_count("--batch-size", args.batch_size)
@@ -184,8 +184,8 @@ def _identity(args: argparse.Namespace) -> int:
     if args.image:
         _, embedding, feature_map = resolve_identity(args.image, args.embedder, args.detector_models)
     else:
-        from facekit.detect import Face
-        from facekit.folder_dataset import FolderDataset
+        from facekit.faces.detect import Face
+        from facekit.world.folder_dataset import FolderDataset
 
         dataset = FolderDataset(args.dataset)
         if not 0 <= args.sample < len(dataset):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from facekit.errors import UserError
-from facekit.expert_loader import load_embedder
+from facekit.experts.expert_loader import load_embedder
 
 SOURCE_CROP = 224
 IDENTITY_SUFFIXES = (".npz", ".safetensors")
@@ -33,7 +33,7 @@ def resolve_identity(
     dim: int = 512,
 ) -> Identity:
     """An identity file (read as is) or a face photo (needs `embedder`); the name is the file's stem."""
-    from facekit.imageio import IMAGE_SUFFIXES, read_image
+    from facekit.faces.imageio import IMAGE_SUFFIXES, read_image
 
     source = Path(source)
     suffix = source.suffix.lower()
@@ -49,7 +49,7 @@ def resolve_identity(
     if not source.is_file():
         raise UserError(f"{source}: no such image")
     if detector is None:
-        from facekit.detect import make_detector
+        from facekit.faces.detect import make_detector
 
         detector = make_detector(detector_models)
     embedding, feature_map = identity_from_image(read_image(source), detector, embedder)
@@ -62,7 +62,7 @@ def identity_from_image(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding [1,512] L2-normalised, feature map [1,512,7,7]) of one face in an RGB uint8 image.
     An embedder given as a path is loaded only once a face was found."""
-    from facekit.align import align_faces
+    from facekit.faces.align import align_faces
 
     faces = detector.detect(image)
     if not faces:

@@ -172,7 +172,7 @@ def swap_metrics(
     if gaze is not None:
         if target_landmarks is None:
             raise ValueError("swap_metrics: gaze error needs target_landmarks [B,5,2] for the eye crops")
-        from facekit.eyenet import crop_eyes
+        from facekit.experts.eyenet import crop_eyes
 
         b = swap.shape[0]
         _, g_swap = gaze(crop_eyes(swap, target_landmarks))

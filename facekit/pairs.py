@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text
 
 FORMAT = "distilswap-pairs"
 VERSION = 2

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .imageio import atomic_write, clear_temporaries
+from .files import atomic_write, clear_temporaries
 
 
 class DamagedState(Exception):

@@ -9,7 +9,7 @@ import torch
 
 from facekit.checkpoints import load_state_strict
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.files import atomic_write
 from student.config import StudentConfig
 from student.model import MobileFaceSwap
 

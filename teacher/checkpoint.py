@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.files import atomic_write
 from facekit.shipped import check_shipped
 
 from .unet import UNetConfig, UNetModel

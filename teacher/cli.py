@@ -275,7 +275,7 @@ def _load_images(paths: list[str], size: int):
     import torch
     import torch.nn.functional as F
 
-    from facekit.imageio import read_image
+    from facekit.faces.imageio import read_image
 
     images = [torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p in paths]
     return torch.stack([F.interpolate(im[None], size=(size, size), mode="bilinear", antialias=True,
@@ -288,9 +288,10 @@ def _swap(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from facekit.align import template_points
+    from facekit.faces.align import template_points
     from facekit.errors import UserError
-    from facekit.imageio import make_dir, write_image
+    from facekit.files import make_dir
+    from facekit.faces.imageio import write_image
     from teacher.experts import load_experts, to_model
     from teacher.sampling import guided_swap, load_swap_config
 
@@ -365,9 +366,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.experts or args.arcface:
         experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     else:  # timing only: facekit's architectures at small widths, random weights
-        from facekit.arcface import IRSEArcFace
-        from facekit.bisenet import BiSeNet
-        from facekit.frozen import freeze
+        from facekit.experts.arcface import IRSEArcFace
+        from facekit.experts.bisenet import BiSeNet
+        from facekit.experts.frozen import freeze
 
         experts = Experts(freeze(IRSEArcFace(blocks=(2, 2, 2, 2), widths=(16, 32, 64, 128))),
                           freeze(BiSeNet(width=0.25, input_size=model.config.image_size)))
@@ -388,8 +389,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facekit.errors import UserError
-    from facekit.expert_loader import load_embedder
-    from facekit.imageio import make_dir
+    from facekit.experts.expert_loader import load_embedder
+    from facekit.files import make_dir
     from teacher.checkpoint import load_teacher
     from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
                                   write_samples)

@@ -13,7 +13,7 @@ SYNTHETIC = "synthetic"
 
 def synthetic_faces(n: int, seed: int, size: int) -> dict[str, torch.Tensor]:
     """n random people in random poses and surroundings: image [n,3,H,W], labels, landmarks5."""
-    from facekit import synthetic
+    from facekit.world import synthetic
 
     identities = synthetic.sample_identities(n, seed)
     attributes = synthetic.sample_attributes(n, seed + 1)
@@ -31,7 +31,7 @@ class FaceSource:
         if data != SYNTHETIC:
             if not Path(data).is_dir():
                 raise UserError(f"data set {data} not found: pass a folder data set or 'synthetic'")
-            from facekit.folder_dataset import FolderDataset
+            from facekit.world.folder_dataset import FolderDataset
 
             self.dataset = FolderDataset(data, split, resolution=size)
             if len(self.dataset) == 0:

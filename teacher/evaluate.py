@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facekit.imageio import atomic_write_text, make_dir, write_image
+from facekit.files import atomic_write_text, make_dir
+from facekit.faces.imageio import write_image
 from facekit.metrics import format_table, swap_metrics
 
 from .experts import Experts, to_model

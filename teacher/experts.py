@@ -57,7 +57,7 @@ class Experts:
 def load_experts(experts_dir: str | None = None, arcface: str | None = None, parser: str | None = None,
                  gaze: str | None = None) -> Experts:
     """The teacher's experts: a small-experts folder and/or official weight files, each in any format the one
-    expert loader (facekit.expert_loader) reads; files override the folder's."""
-    from facekit.expert_loader import load_expert_set
+    expert loader (facekit.experts.expert_loader) reads; files override the folder's."""
+    from facekit.experts.expert_loader import load_expert_set
 
     return Experts(*load_expert_set(experts_dir, arcface, parser, gaze))

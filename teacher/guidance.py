@@ -13,9 +13,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from facekit.arcface import imagenet_normalize, resize_to
-from facekit.bisenet import KEPT_CLASSES
-from facekit.eyenet import EYE_HEIGHT, EYE_WIDTH, crop_eyes, eye_boxes
+from facekit.experts.arcface import imagenet_normalize, resize_to
+from facekit.experts.bisenet import KEPT_CLASSES
+from facekit.experts.eyenet import EYE_HEIGHT, EYE_WIDTH, crop_eyes, eye_boxes
 
 from .experts import Experts, to_unit
 

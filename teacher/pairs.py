@@ -43,7 +43,7 @@ class Teacher(Protocol):
 
 def synthetic_job(seed: int, count: int, size: int) -> PairJob:
     """count (source, target) pairs of different synthetic people, with the true swap."""
-    from facekit import synthetic
+    from facekit.world import synthetic
 
     src_ids = synthetic.sample_identities(count, seed)
     tgt_ids = synthetic.sample_identities(count, seed + 1)
@@ -60,7 +60,7 @@ def synthetic_job(seed: int, count: int, size: int) -> PairJob:
 def folder_job(dataset, seed: int, count: int) -> PairJob:
     """count random (source, target) pairs of different identities from a facekit FolderDataset (aligned
     crops at the teacher's size). Landmarks missing from the data set fall back to the alignment template."""
-    from facekit.align import template_points
+    from facekit.faces.align import template_points
 
     generator = torch.Generator().manual_seed(seed)
     identities = dataset.identities
@@ -173,7 +173,7 @@ class OnnxTeacher:
         return {"onnx": str(self.path), "emap": self.swapper.emap is not None}
 
     def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from facekit.bisenet import KEPT_CLASSES, class_mask
+        from facekit.experts.bisenet import KEPT_CLASSES, class_mask
 
         from .experts import to_model
 
@@ -212,7 +212,7 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
             raise UserError("the oracle teacher only knows the synthetic world's true swaps: use --data synthetic")
         if not Path(data).is_dir():
             raise UserError(f"data set {data} not found: pass a facekit folder data set or 'synthetic'")
-        from facekit.folder_dataset import FolderDataset
+        from facekit.world.folder_dataset import FolderDataset
 
         dataset = FolderDataset(data, resolution=image_size)
         if len(dataset) == 0:

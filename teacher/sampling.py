@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from facekit.bisenet import KEPT_CLASSES, class_mask
+from facekit.experts.bisenet import KEPT_CLASSES, class_mask
 from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, atomic_write_text, make_dir
+from facekit.files import atomic_write, atomic_write_text, make_dir
 from facekit.shipped import FORMAT, MANIFEST, file_sha256
 
 from .checkpoint import read_metadata

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
-from facekit.imageio import atomic_write_text
+from facekit.files import atomic_write_text
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, setup_distributed
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from facekit import synthetic as world
-from facekit.arcface import IRSEArcFace
-from facekit.frozen import freeze
+from facekit.world import synthetic as world
+from facekit.experts.arcface import IRSEArcFace
+from facekit.experts.frozen import freeze
 from distill.data import PairList
 
 

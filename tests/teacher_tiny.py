@@ -1,10 +1,10 @@
 """Tiny randomly initialised teacher parts for fast tests (no trained weights, no files)."""
 import torch
 
-from facekit.arcface import IRSEArcFace
-from facekit.bisenet import BiSeNet
-from facekit.eyenet import EyeNet
-from facekit.frozen import freeze
+from facekit.experts.arcface import IRSEArcFace
+from facekit.experts.bisenet import BiSeNet
+from facekit.experts.eyenet import EyeNet
+from facekit.experts.frozen import freeze
 from teacher.experts import Experts
 from teacher.unet import UNetConfig, UNetModel
 

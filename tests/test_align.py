@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facekit.align import (
+from facekit.faces.align import (
     ARCFACE_TEMPLATE_112, align_faces, estimate_transform, paste_back, soft_paste_mask, template_points,
     crop_to_crop_transform, transform_points, warp_face, warp_tensor,
 )

@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from facekit.arcface import IRSEArcFace, imagenet_normalize, resize_to
+from facekit.experts.arcface import IRSEArcFace, imagenet_normalize, resize_to
 from facekit.checkpoints import paddle_name_to_torch
-from facekit.frozen import freeze, is_frozen
+from facekit.experts.frozen import freeze, is_frozen
 
 SMALL = dict(blocks=(1, 1, 1, 1), widths=(16, 32, 64, 512))  # the synthetic world's size
 TINY = dict(blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16))

@@ -92,7 +92,7 @@ def _user_files(d: Path) -> None:
     (d / "junk.pt").write_bytes(b"not a pickle")
     (d / "junk.npz").write_bytes(b"not a zip")
     (d / "experts").mkdir()
-    from facekit.imageio import write_image
+    from facekit.faces.imageio import write_image
     import numpy as np
 
     write_image(d / "noise.png", np.random.default_rng(0).random((48, 48, 3)))

@@ -1,7 +1,7 @@
 import torch
 
-from facekit.bisenet import BACKGROUND_CLASSES, CLASS_NAMES, KEPT_CLASSES, BiSeNet, class_mask
-from facekit.frozen import freeze
+from facekit.experts.bisenet import BACKGROUND_CLASSES, CLASS_NAMES, KEPT_CLASSES, BiSeNet, class_mask
+from facekit.experts.frozen import freeze
 
 
 def test_full_size_names_and_shapes_match_faceparser_pth(reference_tsv):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from facekit.align import ARCFACE_TEMPLATE_112, estimate_transform, transform_points
-from facekit.detect import DlibDetector, InsightFaceDetector, landmarks68_to_5, make_detector
+from facekit.faces.align import ARCFACE_TEMPLATE_112, estimate_transform, transform_points
+from facekit.faces.detect import DlibDetector, InsightFaceDetector, landmarks68_to_5, make_detector
 from facekit.errors import UserError
-from facekit.imageio import read_image
+from facekit.faces.imageio import read_image
 
 insightface = pytest.importorskip("insightface")
 SAMPLES = Path(insightface.__file__).parent / "data" / "images"

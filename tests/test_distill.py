@@ -113,8 +113,8 @@ def test_identity_is_judged_by_the_named_model(pairs, embedder):
     """A second recognition model judges identity (the training one flatters the student), the table names
     it, and the ceiling (ground truth) and the teacher's final snapshot get their own rows."""
     from distill.evaluate import evaluate, format_table
-    from facekit.arcface import IRSEArcFace
-    from facekit.frozen import freeze
+    from facekit.experts.arcface import IRSEArcFace
+    from facekit.experts.frozen import freeze
 
     torch.manual_seed(1)
     judge = freeze(IRSEArcFace(blocks=(1, 1, 1, 1), widths=(4, 8, 16, 24), embedding_dim=24))
@@ -205,7 +205,7 @@ def test_a_fresh_student_learns_to_reproduce_its_input():
     """Trainability from scratch (what the shared base kernels and the slower kernel predictor are for): on
     one batch of faces the generated image gets close to the target in 80 steps of the distillation optimizer;
     without the bases, or with the predictor at the full learning rate, it stays above 0.1."""
-    from facekit import synthetic as world
+    from facekit.world import synthetic as world
 
     torch.manual_seed(0)
     faces = world.render_batch(world.sample_identities(4, 0), world.sample_attributes(4, 1),

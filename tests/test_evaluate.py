@@ -9,8 +9,8 @@ import pytest
 
 import distilswap
 from app.evaluate import evaluate, list_pairs, paste_source
-from facekit.detect import DlibDetector
-from facekit.imageio import read_image, write_image
+from facekit.faces.detect import DlibDetector
+from facekit.faces.imageio import read_image, write_image
 
 insightface = pytest.importorskip("insightface")
 GROUP = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
@@ -43,7 +43,7 @@ def mirror(source, source_face, target, target_face):
 def test_the_judges_score_floor_ceiling_and_mirror_as_they_should(photos, tmp_path):
     pairs = list_pairs(photos / "sources", photos / "targets", None)
     assert len(pairs) == 9
-    from facekit.expert_loader import load_embedder
+    from facekit.experts.expert_loader import load_embedder
 
     report = evaluate({"target": no_swap, "paste": paste_source, "mirror": mirror}, pairs, tmp_path / "eval",
                       DlibDetector(), progress=False, recognizers={"small": load_embedder("models/experts")})
@@ -105,7 +105,7 @@ def test_a_one_shot_onnx_swapper_of_another_project_is_a_model_for_swap_and_eval
 def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(photos, tmp_path):
     import cv2
 
-    from facekit.video import write_video
+    from facekit.faces.video import write_video
 
     patch = read_image(photos / "targets" / "person0.png")
     frames = []
@@ -117,7 +117,7 @@ def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(phot
     rng = np.random.default_rng(0)
 
     def shaky(source, source_face, target, target_face):  # pastes the source a few pixels off, differently each frame
-        from facekit.detect import Face
+        from facekit.faces.detect import Face
 
         moved = Face(target_face.bbox, 1.0, target_face.landmarks5 + rng.normal(0, 3, (5, 2)).astype(np.float32),
                      target_face.landmarks68)

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekit import arcface as arcface_module
-from facekit.arcface import IRSEArcFace
-from facekit.bisenet import BiSeNet
+from facekit.experts import arcface as arcface_module
+from facekit.experts.arcface import IRSEArcFace
+from facekit.experts.bisenet import BiSeNet
 from facekit.checkpoints import load_arcface, load_bisenet, load_eyenet
 from facekit.errors import UserError
-from facekit.eyenet import EyeNet
-from facekit.frozen import is_frozen
+from facekit.experts.eyenet import EyeNet
+from facekit.experts.frozen import is_frozen
 
 SMALL = dict(blocks=(2, 1, 2, 1), widths=(16, 32, 32, 64))
 

@@ -1,7 +1,7 @@
 import torch
 
-from facekit.eyenet import EyeNet, crop_eyes, eye_boxes, soft_argmax2d
-from facekit.frozen import freeze
+from facekit.experts.eyenet import EyeNet, crop_eyes, eye_boxes, soft_argmax2d
+from facekit.experts.frozen import freeze
 
 
 def test_full_size_names_and_shapes_match_gazeestimator_pt(reference_tsv):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from facekit.arcface import IRSEArcFace
+from facekit.experts.arcface import IRSEArcFace
 from facekit.errors import UserError
-from facekit.folder_dataset import FORMAT, FolderDataset, write_dataset_json
-from facekit.frozen import freeze
-from facekit.imageio import read_image, write_image
+from facekit.world.folder_dataset import FORMAT, FolderDataset, write_dataset_json
+from facekit.experts.frozen import freeze
+from facekit.faces.imageio import read_image, write_image
 
 insightface = pytest.importorskip("insightface")
 SAMPLES = Path(insightface.__file__).parent / "data" / "images"
@@ -68,7 +68,7 @@ def test_wrong_format_and_bad_meta_lines_are_clear_errors(tmp_path):
 
 class CountingDetector:
     def __init__(self):
-        from facekit.detect import DlibDetector
+        from facekit.faces.detect import DlibDetector
 
         self.inner, self.calls = DlibDetector(upsample=0), 0
 

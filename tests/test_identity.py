@@ -45,7 +45,7 @@ class _FakeDetector:
 
 
 def _face_image(tmp_path):
-    from facekit.imageio import write_image
+    from facekit.faces.imageio import write_image
 
     yy, xx = np.mgrid[0:160, 0:160] / 160.0
     image = (np.stack([xx, yy, 1 - xx * yy], -1) * 255).astype(np.uint8)
@@ -54,17 +54,17 @@ def _face_image(tmp_path):
 
 def test_face_image_source_is_detected_aligned_and_embedded(tmp_path, monkeypatch):
     import facekit.checkpoints
-    import facekit.detect
-    from facekit.align import align_faces, template_points
-    from facekit.arcface import IRSEArcFace
-    from facekit.detect import Face
+    import facekit.faces.detect
+    from facekit.faces.align import align_faces, template_points
+    from facekit.experts.arcface import IRSEArcFace
+    from facekit.faces.detect import Face
 
     path, image = _face_image(tmp_path)
     landmarks = template_points(112) + 20.0  # a face sitting in the image
     face = Face(np.array([10, 10, 150, 150], np.float32), 0.9, landmarks.astype(np.float32))
     torch.manual_seed(0)
     arcface = IRSEArcFace(blocks=(1, 1, 1, 1), widths=(8, 16, 32, 512)).eval()
-    monkeypatch.setattr(facekit.detect, "make_detector", lambda models=None: _FakeDetector([face]))
+    monkeypatch.setattr(facekit.faces.detect, "make_detector", lambda models=None: _FakeDetector([face]))
     monkeypatch.setattr(facekit.checkpoints, "load_arcface", lambda path: arcface)
     (tmp_path / "arcface.pth").touch()
     name, embedding, feature_map = resolve_identity(path, embedder=tmp_path / "arcface.pth")
@@ -76,12 +76,12 @@ def test_face_image_source_is_detected_aligned_and_embedded(tmp_path, monkeypatc
 
 
 def test_face_image_without_face_or_embedder_is_user_error(tmp_path, monkeypatch):
-    import facekit.detect
+    import facekit.faces.detect
 
     path, _ = _face_image(tmp_path)
     with pytest.raises(UserError, match="--embedder"):
         resolve_identity(path)
-    monkeypatch.setattr(facekit.detect, "make_detector", lambda models=None: _FakeDetector([]))
+    monkeypatch.setattr(facekit.faces.detect, "make_detector", lambda models=None: _FakeDetector([]))
     (tmp_path / "arcface.pth").touch()
     with pytest.raises(UserError, match="no face found"):
         resolve_identity(path, embedder=tmp_path / "arcface.pth")

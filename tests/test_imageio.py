@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from facekit.errors import UserError
-from facekit.imageio import list_images, read_image, write_image
+from facekit.faces.imageio import list_images, read_image, write_image
 
 
 def _gradient(h=20, w=30):
@@ -64,7 +64,7 @@ def test_corrupt_truncated_and_missing_files_name_the_file(tmp_path):
 
 
 def test_clear_temporaries_removes_only_what_a_killed_atomic_write_left(tmp_path):
-    from facekit.imageio import atomic_write_text, clear_temporaries
+    from facekit.files import atomic_write_text, clear_temporaries
 
     target = tmp_path / "checkpoint.pt"
     atomic_write_text(target, "kept")
@@ -76,7 +76,7 @@ def test_clear_temporaries_removes_only_what_a_killed_atomic_write_left(tmp_path
 
 
 def test_a_failed_write_names_the_file_asked_for_not_its_temporary(tmp_path):
-    from facekit.imageio import atomic_write_text
+    from facekit.files import atomic_write_text
 
     with pytest.raises(OSError) as err:
         atomic_write_text("/proc/distilswap-test.txt", "x")  # /proc takes no new files, even as root
@@ -86,6 +86,6 @@ def test_a_failed_write_names_the_file_asked_for_not_its_temporary(tmp_path):
         raise OSError(28, "No space left on device", str(temp))
 
     with pytest.raises(OSError) as err:
-        from facekit.imageio import atomic_write
+        from facekit.files import atomic_write
         atomic_write(tmp_path / "out.bin", fails)
     assert err.value.filename == str(tmp_path / "out.bin") and not list(tmp_path.iterdir())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from facekit import synthetic as S
+from facekit.world import synthetic as S
 from facekit.metrics import angular_error, format_table, ssim, swap_metrics
 
 SIZE = 64
@@ -87,8 +87,8 @@ def test_parser_geometry_and_expression_errors(world):
 
 
 def test_embedder_and_gaze_metrics_are_reported(world):
-    from facekit.arcface import IRSEArcFace
-    from facekit.eyenet import EyeNet
+    from facekit.experts.arcface import IRSEArcFace
+    from facekit.experts.eyenet import EyeNet
 
     target, truth, source = ({key: value[:2] for key, value in d.items()} for d in world[:3])
     mask = world[3][:2]

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from facekit.arcface import IRSEArcFace
-from facekit.bisenet import BiSeNet
-from facekit.eyenet import EyeNet
-from facekit.frozen import freeze
+from facekit.experts.arcface import IRSEArcFace
+from facekit.experts.bisenet import BiSeNet
+from facekit.experts.eyenet import EyeNet
+from facekit.experts.frozen import freeze
 from teacher.experts import Experts
 from teacher.guidance import identity_views
 from teacher.sampling import guided_step, load_swap_config, prepare_guide

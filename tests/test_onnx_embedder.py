@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from facekit.arcface import IRSEArcFace
+from facekit.experts.arcface import IRSEArcFace
 from facekit.errors import UserError
-from facekit.onnx_embedder import OnnxArcFace, check_same_space
+from facekit.experts.onnx_embedder import OnnxArcFace, check_same_space
 
 
 class TinyEmbedder(nn.Module):
@@ -71,9 +71,9 @@ def test_spaces_cannot_be_mixed(onnx_path, tmp_path):
 
 
 def test_every_embedder_option_takes_an_onnx_file_through_the_one_loader(onnx_path):
-    """--arcface, --judge, --embedder all go through facekit.expert_loader: an insightface .onnx works for each."""
-    from facekit.expert_loader import load_embedder, load_expert_set
-    from facekit.frozen import is_frozen
+    """--arcface, --judge, --embedder all go through facekit.experts.expert_loader: an insightface .onnx works for each."""
+    from facekit.experts.expert_loader import load_embedder, load_expert_set
+    from facekit.experts.frozen import is_frozen
 
     embedder, parser, gaze = load_expert_set(embedder=onnx_path)
     assert isinstance(embedder, OnnxArcFace) and parser is None and gaze is None and is_frozen(embedder)

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 import distilswap
 from experts import train as X
-from facekit.expert_loader import load_expert_set
+from facekit.experts.expert_loader import load_expert_set
 from facekit.errors import UserError
-from facekit.frozen import is_frozen
+from facekit.experts.frozen import is_frozen
 
 # Tiny, and even tinier gaze (EyeNet's fixed 96x160 stem dominates the cost).
 TINY = X.make_config("tiny", {"gaze": {"steps": 1, "eval_samples": 1}})

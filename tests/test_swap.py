@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import distilswap
-from facekit.detect import DlibDetector
+from facekit.faces.detect import DlibDetector
 from facekit.identity import save_identity
-from facekit.imageio import read_image, write_image
+from facekit.faces.imageio import read_image, write_image
 from student.checkpoint import save_student
 from student.model import MobileFaceSwap
 
@@ -80,7 +80,7 @@ def test_compare_and_refusals(assets, capsys):
 
 def test_video_keeps_frame_count_size_and_audio(assets):
     av = pytest.importorskip("av")
-    from facekit.video import video_info, write_video
+    from facekit.faces.video import video_info, write_video
 
     root, checkpoint, identity, faces = assets
     x0, y0, x1, y1 = faces[0].bbox.astype(int)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facekit import synthetic as S
+from facekit.world import synthetic as S
 from facekit.errors import UserError
-from facekit.synthetic_dataset import WorldConfig, contact_sheet, write_dataset
+from facekit.world.synthetic_dataset import WorldConfig, contact_sheet, write_dataset
 
 SIZE = 96
 

@@ -7,7 +7,7 @@ import torch
 
 import distilswap
 import teacher.train  # noqa: F401  (imported before the patch below, so undoing it restores the real loader)
-from facekit.imageio import write_image
+from facekit.faces.imageio import write_image
 from teacher_tiny import TINY_UNET, tiny_experts
 
 

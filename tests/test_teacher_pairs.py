@@ -147,8 +147,8 @@ def test_nan_pair_is_dropped_and_logged(tmp_path, caplog):
 
 def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
     """Real-photo route: pairs of different people from a facekit folder data set, swapped by a teacher."""
-    from facekit.folder_dataset import write_dataset_json
-    from facekit.imageio import write_image
+    from facekit.world.folder_dataset import write_dataset_json
+    from facekit.faces.imageio import write_image
     from teacher.checkpoint import save_weights
     from teacher.pairs import DiffusionTeacher
     from teacher.sampling import load_swap_config

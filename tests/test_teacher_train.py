@@ -140,8 +140,8 @@ def test_snapshot_steps_and_bad_settings(tmp_path):
 
 
 def test_trains_from_a_folder_data_set(tmp_path):
-    from facekit.folder_dataset import write_dataset_json
-    from facekit.imageio import write_image
+    from facekit.world.folder_dataset import write_dataset_json
+    from facekit.faces.imageio import write_image
 
     faces = tmp_path / "faces"
     faces.mkdir()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from app.tracking import FaceTracker, TrackerSettings
-from facekit.detect import DlibDetector
-from facekit.imageio import read_image
-from facekit.video import read_ahead
+from facekit.faces.detect import DlibDetector
+from facekit.faces.imageio import read_image
+from facekit.faces.video import read_ahead
 
 insightface = pytest.importorskip("insightface")
 GROUP = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from facekit.errors import UserError
-from facekit.video import iter_frames, read_video, video_info, write_video
+from facekit.faces.video import iter_frames, read_video, video_info, write_video
 
 
 def _make_clip(path, frames=12, fps=10, audio_codec="aac", with_video=True):

@@ -26,9 +26,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from facekit.align import estimate_transform, transform_points, warp_face
+from facekit.faces.align import estimate_transform, transform_points, warp_face
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, list_images, read_image, write_image
+from facekit.files import atomic_write
+from facekit.faces.imageio import list_images, read_image, write_image
 
 FORMAT = "distilswap-faces/1"
 SPLITS = ("train", "test")
@@ -190,7 +191,7 @@ class FolderDataset(Dataset):
         done = {r["source"] for r in records if "source" in r}
         bad: dict[str, str] = {}
         if not aligned and detector is None:
-            from facekit.detect import DlibDetector
+            from facekit.faces.detect import DlibDetector
 
             detector = DlibDetector()
         with meta_path.open("a") as meta:

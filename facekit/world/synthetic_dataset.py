@@ -1,4 +1,4 @@
-"""Synthetic-world data sets on disk in the shared folder format (the one `facekit.folder_dataset` reads),
+"""Synthetic-world data sets on disk in the shared folder format (the one `facekit.world.folder_dataset` reads),
 so every stage reads synthetic and real faces through one path; and the sources x targets contact sheet.
 
 Layout (format "distilswap-faces/1"):
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facekit import synthetic
+from facekit.world import synthetic
 from facekit.errors import UserError
-from facekit.imageio import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text
 
 FORMAT = "distilswap-faces/1"
 CHUNK = 64
@@ -114,7 +114,7 @@ def _manifest(config: WorldConfig) -> dict:
         "resolution": config.size,
         "aligned": True,
         "num_samples": config.num_samples,
-        "world": {"generator": "facekit.synthetic", **dataclasses.asdict(config)},
+        "world": {"generator": "facekit.world.synthetic", **dataclasses.asdict(config)},
     }
 
 

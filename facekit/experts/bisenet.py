@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekit.arcface import imagenet_normalize, resize_to
+from facekit.experts.arcface import imagenet_normalize, resize_to
 
 CLASS_NAMES = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",

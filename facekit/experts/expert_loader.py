@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from facekit.errors import UserError
-from facekit.frozen import freeze
+from facekit.experts.frozen import freeze
 
 EXPERTS = ("embedder", "parser", "gaze")
 
@@ -27,15 +27,15 @@ EXPERTS = ("embedder", "parser", "gaze")
 def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
     """An expert's network from the constructor arguments saved with it."""
     if expert == "embedder":
-        from facekit.arcface import IRSEArcFace
+        from facekit.experts.arcface import IRSEArcFace
 
         return IRSEArcFace(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
     if expert == "parser":
-        from facekit.bisenet import BiSeNet
+        from facekit.experts.bisenet import BiSeNet
 
         return BiSeNet(**kwargs)
     if expert == "gaze":
-        from facekit.eyenet import EyeNet
+        from facekit.experts.eyenet import EyeNet
 
         return EyeNet(**kwargs)
     raise UserError(f"unknown expert {expert!r}; choose from {', '.join(EXPERTS)}")
@@ -64,7 +64,7 @@ def load_embedder(path: str | Path) -> nn.Module:
     if path.is_dir():
         return load_trained(path, "embedder")
     if path.suffix.lower() == ".onnx":
-        from facekit.onnx_embedder import OnnxArcFace
+        from facekit.experts.onnx_embedder import OnnxArcFace
 
         return freeze(OnnxArcFace(path))
     from facekit.checkpoints import load_arcface

@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from facekit.errors import UserError
-from facekit.imageio import atomic_write
+from facekit.files import atomic_write
 
 T = TypeVar("T")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")

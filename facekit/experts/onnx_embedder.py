@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekit.arcface import resize_to
+from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
-from facekit.frozen import freeze
+from facekit.experts.frozen import freeze
 
 
 def _insightface_normalisation(graph: Any) -> tuple[float, float]:

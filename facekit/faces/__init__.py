@@ -1,0 +1,1 @@
+"""Faces in and out: image and video I/O, detection, alignment, landmark smoothing."""

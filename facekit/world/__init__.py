@@ -1,0 +1,1 @@
+"""Where faces come from: the synthetic face world and folder data sets."""
