@@ -13,7 +13,8 @@ from typing import Sequence
 from export.metadata import project_version
 
 # In data-flow order; `--help` lists subcommands in this order.
-STAGE_CLIS = ("facekit.cli", "experts.cli", "teacher.cli", "student.cli", "distill.cli", "export.cli", "app.cli")
+STAGE_CLIS = ("facekit.cli", "experts.cli", "teacher.cli", "student.cli", "distill.cli", "export.cli", "app.cli",
+              "pipeline.cli")
 
 DESCRIPTION = """\
 Mobile-ready face-swap distillation.
@@ -45,111 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGE_CLIS:
         importlib.import_module(module_name).register(subparsers)
-    run = subparsers.add_parser(
-        "run",
-        help="run the whole pipeline from a YAML config, each finished stage cached",
-        description="Run the stages listed in a YAML config in order (each is a distilswap command line), skip "
-        "the ones already finished with the same command, then write the report. Interrupt it at any time: a "
-        "rerun resumes. Example:\n  distilswap run --config configs/demo.yaml",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("--config", required=True, help="pipeline YAML (see configs/demo.yaml)")
-    run.add_argument("--out", help="output directory (default: the config's `out`)")
-    run.add_argument("--from-stage", help="rerun this stage and every later one")
-    run.set_defaults(func=_run_pipeline)
-    report = subparsers.add_parser(
-        "report",
-        help="write RUN/report.html and report.md over a `distilswap run` directory",
-        description="Collect every stage's tables, pictures, loss curves and artifacts into one page.",
-    )
-    report.add_argument("run", help="the run directory")
-    report.set_defaults(func=_write_report)
     return parser
-
-
-def _expand(argv: list[str]) -> list[str]:
-    """Shell-style globs (`snapshots/*.safetensors`), expanded when the stage starts, sorted."""
-    import glob
-
-    expanded = []
-    for arg in argv:
-        matches = sorted(glob.glob(arg)) if any(c in arg for c in "*?[") else []
-        expanded += matches or [arg]
-    return expanded
-
-
-def _write_report(args: argparse.Namespace) -> int:
-    from export.run_report import write_report
-
-    html_path, md_path = write_report(args.run)
-    print(f"wrote {html_path} and {md_path}")
-    return 0
-
-
-def _run_pipeline(args: argparse.Namespace) -> int:
-    """Stages are plain command lines so the config shows exactly what a user would type by hand."""
-    import json
-    import time
-    from pathlib import Path
-
-    from facekit.config import read_yaml_mapping
-    from facekit.errors import UserError
-
-    config = read_yaml_mapping(args.config, "pipeline settings")
-    if not isinstance(config.get("stages"), dict):
-        raise UserError(f"{args.config}: expected a mapping with `stages:` (name: [distilswap arguments])")
-    out = Path(args.out or config.get("out", "runs/pipeline"))
-    stages: dict[str, list] = config.get("stages") or {}
-    if args.from_stage and args.from_stage not in stages:
-        raise UserError(f"--from-stage {args.from_stage}: not a stage of {args.config} ({', '.join(stages)})")
-    done_dir = out / ".stages"
-    done_dir.mkdir(parents=True, exist_ok=True)
-    rerun = False
-    for number, (name, argv) in enumerate(stages.items(), 1):
-        argv = _expand([str(a).format(out=out) for a in argv])
-        key = _stage_key(argv)
-        marker = done_dir / f"{name}.json"
-        rerun = rerun or name == args.from_stage
-        if not rerun and _cached(marker, key):
-            print(f"[{number}/{len(stages)}] {name}: cached ({marker})", flush=True)
-            continue
-        print(f"[{number}/{len(stages)}] {name}: distilswap {' '.join(argv)}", flush=True)
-        start = time.monotonic()
-        code = main(argv)
-        if code:
-            raise UserError(f"stage {name} failed (exit {code}); fix it and rerun: finished stages are kept")
-        seconds = time.monotonic() - start
-        outputs = sorted({a for a in argv if a.startswith(str(out)) and Path(a).exists()})
-        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1), "order": number,
-                                      "outputs": outputs}))
-        print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
-        rerun = True  # a stage that ran invalidates the caches of the stages after it
-    return 0
-
-
-def _cached(marker, key: str) -> bool:
-    """A finished stage with the same command line and configs whose outputs are all still there."""
-    import json
-    from pathlib import Path
-
-    if not marker.is_file():
-        return False
-    record = json.loads(marker.read_text())
-    return record.get("key") == key and all(Path(p).exists() for p in record.get("outputs", []))
-
-
-def _stage_key(argv: list[str]) -> str:
-    """The command line plus the contents of the YAML files it names: editing a config reruns its stage."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    digest = hashlib.sha256(json.dumps(argv).encode())
-    for arg in argv:
-        path = Path(arg)
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _error(message: str) -> int:
