@@ -72,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "folder): cosine and retrieval on aligned 112² crops; repeat for several")
     evaluate.add_argument("--onnx-emap", action="store_true",
                           help="one-shot ONNX swappers: map the source embedding by the file's emap (inswapper)")
+    evaluate.add_argument("--inception", help="torchvision Inception-v3 weights (.pth) on disk, for FID of each model's "
+                          "face crops against the targets' (never downloaded; skipped without)")
     evaluate.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.set_defaults(func=_evaluate)
@@ -163,8 +165,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from facekit.experts.expert_loader import load_embedder
 
     recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}
+    inception = None
+    if args.inception:
+        from app.fid import InceptionFeatures
+
+        inception = InceptionFeatures(args.inception)
     report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector,
-                      recognizers=recognizers, temporal_frames=args.temporal_frames)
+                      recognizers=recognizers, temporal_frames=args.temporal_frames, inception=inception)
     print(open(f"{args.out}/results.md").read())
     if report["skipped"]:
         print(f"distilswap: warning: {len(report['skipped'])} pair(s) skipped, listed in {args.out}/results.md")

@@ -133,10 +133,12 @@ class _Fixed:
 
 
 def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path, detector, progress: bool = True,
-             sheet_rows: int = 8, recognizers: dict[str, object] | None = None, temporal_frames: int = 16) -> dict:
+             sheet_rows: int = 8, recognizers: dict[str, object] | None = None, temporal_frames: int = 16,
+             inception=None) -> dict:
     """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png.
     recognizers: more identity judges (name -> embedder on aligned 112² ArcFace crops), e.g. an insightface
-    ArcFace ONNX, scored like dlib's: cosine to the source and top-1 retrieval."""
+    ArcFace ONNX, scored like dlib's: cosine to the source and top-1 retrieval.
+    inception: app.fid.InceptionFeatures, for each model's FID of its face crops against the targets'."""
     from tqdm import tqdm
 
     from app.judges import DlibRecognizer
@@ -163,14 +165,17 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
               for name, embedder in (recognizers or {}).items()}
     rows: list[dict] = []
     sheet: list[list[np.ndarray]] = []
+    features: dict[str, list[np.ndarray]] = {name: [] for name in ["target faces", *models]}
     for pair in tqdm(usable, desc="evaluate", unit="pair", disable=not progress):
         source, source_face, _ = faces.source(pair.source)
         target, target_face, target_descriptor = faces.target(pair)
         shown = [source, target]
+        if inception is not None:
+            features["target faces"].append(inception([_face_tile(target, target_face, FID_CROP)])[0])
         for name, swap in models.items():
             cached = out / "cache" / _slug(name) / f"{pair.key}.json"
             result = None
-            if cached.is_file():
+            if cached.is_file() and (inception is None or cached.with_suffix(".inception.npy").is_file()):
                 row = json.loads(cached.read_text())
             else:
                 result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
@@ -180,7 +185,11 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
                     row.update(judge.score(result, landmarks5, pair.source, judge_name))
                 row.update({"model": name, "source": str(pair.source), "target": str(pair.target), "frame": pair.frame})
                 cached.parent.mkdir(parents=True, exist_ok=True)
+                if inception is not None:
+                    np.save(cached.with_suffix(".inception.npy"), inception([_face_tile(result, target_face, FID_CROP)])[0])
                 cached.write_text(json.dumps(row))
+            if inception is not None:
+                features[name].append(np.load(cached.with_suffix(".inception.npy")))
             rows.append(row)
             if len(sheet) < sheet_rows:
                 if result is None:
@@ -195,10 +204,19 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
             scores = [temporal_stability(swap, faces.source(s)[:2], t, detector, predictor, temporal_frames)
                       for s, t in videos]
             summary[name].update({k: float(np.mean([v[k] for v in scores])) for k in scores[0]})
+    fid = "skipped: no Inception weights given (--inception FILE; nothing is downloaded)"
+    if inception is not None:
+        from app.fid import frechet_distance
+
+        reference = np.stack(features["target faces"])
+        for name in models:
+            summary[name]["fid"] = frechet_distance(np.stack(features[name]), reference)
+        fid = (f"of {FID_CROP}² face crops against the {len(reference)} target faces' by torchvision Inception-v3 "
+               f"pool features ({inception.path.name}; biased upwards below 2048 crops)")
     report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
                          "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
-              "fid": "skipped: no Inception weights given (nothing is downloaded)"}
+              "fid": fid}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     _write_csv(out / "pairs.csv", rows)
     (out / "results.md").write_text(_markdown(report))
@@ -398,6 +416,9 @@ def _markdown(report: dict) -> str:
         lines += ["", f"Skipped {len(report['skipped'])} pair(s):"]
         lines += [f"- {s['source']} → {s['target']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+FID_CROP = 299  # the face box tile Inception sees, at its own input size
 
 
 def _face_tile(image: np.ndarray, face: Face, size: int = 128) -> np.ndarray:

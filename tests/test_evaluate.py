@@ -131,3 +131,51 @@ def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(phot
     assert floor["landmark_jitter"] == 0 and floor["warp_error"] == 0  # the input itself
     assert wobbly["landmark_jitter"] > paste["landmark_jitter"] and wobbly["warp_error"] > paste["warp_error"]
     assert "landmark jitter" in (tmp_path / "eval" / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """A torchvision Inception-v3 state dict as a user would have one on disk (random weights, BatchNorm
+    statistics taken from the photos so the features are of a sensible scale; classifier and aux heads kept)."""
+    import torch
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+    crops = torch.from_numpy(read_image(GROUP)).permute(2, 0, 1)[None].float() / 255
+    batch = torch.cat([torch.nn.functional.interpolate(crops[..., :, i * 150:i * 150 + 300], size=(299, 299))
+                       for i in range(4)]) * 2 - 1
+    with torch.no_grad():
+        model.train()(batch)
+    path = tmp_path_factory.mktemp("inception") / "inception_v3_google.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_fid_from_local_inception_weights_ranks_the_unchanged_target_first(photos, inception_weights, tmp_path, capsys):
+    argv = ["evaluate", "--model", "target", "--model", "paste", "--sources", str(photos / "sources"),
+            "--targets", str(photos / "targets"), "--inception", str(inception_weights), "--out", str(tmp_path / "eval")]
+    assert distilswap.main(argv) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    target, paste = report["models"]["target"]["fid"], report["models"]["paste"]["fid"]
+    assert 0 <= target < 1e-3 * paste, (target, paste)  # the same crops as the reference: FID 0
+    assert "against the 9 target faces" in report["fid"] and "| fid |" in (tmp_path / "eval" / "results.md").read_text()
+    assert len(list((tmp_path / "eval" / "cache").rglob("*.inception.npy"))) == 18
+    bad = tmp_path / "bad.pth"
+    import torch
+
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    assert distilswap.main(argv[:-4] + ["--inception", str(bad), "--out", str(tmp_path / "e2")]) == 2
+    assert "not torchvision Inception-v3 weights" in capsys.readouterr().err and not (tmp_path / "e2").exists()
+
+
+def test_frechet_distance_of_shifted_and_scaled_gaussians():
+    from app.fid import frechet_distance
+
+    a = np.random.default_rng(0).normal(size=(5000, 3))
+    assert frechet_distance(a, a + [1.0, 2.0, 0.0]) == pytest.approx(5.0, rel=1e-9)  # equal covariances: ‖Δμ‖²
+    # Σb = 4Σa: Tr(Σa + 4Σa − 2·2Σa) = Tr(Σa) ≈ 3
+    assert frechet_distance(a, 2 * a) == pytest.approx(np.trace(np.cov(a, rowvar=False)) + (a.mean(0) ** 2).sum(), rel=1e-6)
