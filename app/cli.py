@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     swap.add_argument("--onnx-emap", action="store_true",
                       help="a one-shot ONNX swapper (inputs target + source, e.g. inswapper_128): map the source "
                       "embedding by the file's last initializer (inswapper's emap)")
+    swap.add_argument("--onnx-pixels", default="unit", choices=["unit", "imagenet", "signed"],
+                      help="what a one-shot ONNX swapper's crop input holds: unit [0,1] (inswapper, default), imagenet (SimSwap as FaceFusion runs it), signed [-1,1] (GHOST)")
     swap.add_argument("--no-smooth", action="store_true", help="videos: no temporal landmark smoothing")
     swap.add_argument("--detect-every", type=int, default=TrackerSettings.every, metavar="N",
                       help="videos: detect faces every N frames and track them in between (1 = every frame; default %(default)s)")
@@ -72,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "folder): cosine and retrieval on aligned 112² crops; repeat for several")
     evaluate.add_argument("--onnx-emap", action="store_true",
                           help="one-shot ONNX swappers: map the source embedding by the file's emap (inswapper)")
+    evaluate.add_argument("--onnx-pixels", default="unit", choices=["unit", "imagenet", "signed"],
+                          help="what a one-shot ONNX swapper's crop input holds: unit [0,1] (inswapper, default), imagenet (SimSwap as FaceFusion runs it), signed [-1,1] (GHOST)")
     evaluate.add_argument("--inception", help="torchvision Inception-v3 weights (.pth) on disk, for FID of each model's "
                           "face crops against the targets' (never downloaded; skipped without)")
     evaluate.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
@@ -99,7 +103,8 @@ def _swap(args: argparse.Namespace) -> int:
     identity = resolve_identity(args.source, args.embedder, detector=detector)[1:] if args.source else None
     target = Path(args.target)
     video = target.suffix.lower() in VIDEO_SUFFIXES
-    swapper = open_swapper(args.model, identity, threads=1 if video else 0, use_emap=args.onnx_emap)
+    swapper = open_swapper(args.model, identity, threads=1 if video else 0, use_emap=args.onnx_emap,
+                           pixels=args.onnx_pixels)
     if video:
         _swap_video(args, target, detector, swapper)
     else:
@@ -161,7 +166,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         elif name == "paste":
             models[name] = paste_source
         else:
-            models[name] = model_swap(name, args.embedder, detector, args.onnx_emap)
+            models[name] = model_swap(name, args.embedder, detector, args.onnx_emap, args.onnx_pixels)
     from facekit.experts.expert_loader import load_embedder
 
     recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}

@@ -97,7 +97,8 @@ def paste_source(source: np.ndarray, source_face: Face, target: np.ndarray, targ
     return paste_back(target, crop, estimate_transform(target_face.landmarks5, size, mode="affine"), mask)
 
 
-def model_swap(model: str | Path, embedder: str | Path | None, detector, use_emap: bool = False) -> Swap:
+def model_swap(model: str | Path, embedder: str | Path | None, detector, use_emap: bool = False,
+               pixels: str = "unit") -> Swap:
     """A student checkpoint, an export folder or a one-shot ONNX swapper as a Swap: each source's identity
     comes from `embedder`."""
     from app.swap import FaceSwapRun, open_swapper
@@ -114,7 +115,7 @@ def model_swap(model: str | Path, embedder: str | Path | None, detector, use_ema
         key = hashlib.sha256(source.tobytes()).digest()
         if key not in swappers:
             identity = identity_from_image(source, _Fixed([source_face]), identity_model)
-            swappers[key] = open_swapper(model, identity, use_emap=use_emap)
+            swappers[key] = open_swapper(model, identity, use_emap=use_emap, pixels=pixels)
         return FaceSwapRun(_Fixed([target_face]), swappers[key], face_index=0)(target)[0]
 
     return swap

@@ -93,10 +93,10 @@ class ExternalSwapper:
 
     align_mode = "similarity"
 
-    def __init__(self, path: str | Path, embedding: torch.Tensor, use_emap: bool = False):
+    def __init__(self, path: str | Path, embedding: torch.Tensor, use_emap: bool = False, pixels: str = "unit"):
         from facekit.onnx_swapper import OneShotOnnxSwapper
 
-        self.model = OneShotOnnxSwapper(path, use_emap)
+        self.model = OneShotOnnxSwapper(path, use_emap, pixels)
         self.size = self.model.size or 128
         self.latent = self.model.latent(embedding.detach().cpu().numpy())
 
@@ -163,9 +163,11 @@ class FaceSwapRun:
         return out
 
 
-def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0, use_emap: bool = False) -> CropSwapper:
+def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0, use_emap: bool = False,
+                 pixels: str = "unit") -> CropSwapper:
     """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), an export folder, or another
-    project's one-shot ONNX swapper (inputs `target` and `source`; `use_emap` for inswapper's emap); `threads`
+    project's one-shot ONNX swapper (a crop and an identity vector; `use_emap` for inswapper's emap, `pixels`
+    for what its crop input holds: facekit.onnx_swapper); `threads`
     for ONNX Runtime (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
     model = Path(model)
     if model.is_dir():
@@ -180,21 +182,22 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
         if _is_one_shot(model):
             if identity is None:
                 raise UserError(f"{model} is a one-shot swapper: it needs --source (a face photo and --embedder)")
-            return ExternalSwapper(model, identity[0], use_emap)
+            return ExternalSwapper(model, identity[0], use_emap, pixels)
         return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), threads)
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
 
 
 def _is_one_shot(path: Path) -> bool:
-    """Inputs `target` and `source` (an identity vector): another project's one-shot swapper."""
+    """A face crop and an identity vector as inputs: another project's one-shot swapper."""
     import onnx
+
+    from facekit.onnx_swapper import one_shot_inputs
 
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:
         return False  # OnnxSwapper names the problem
-    inputs = {i.name for i in graph.input} - {init.name for init in graph.initializer}
-    return inputs == {"target", "source"}
+    return one_shot_inputs(graph) is not None
 
 
 def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[str, np.ndarray] | None:

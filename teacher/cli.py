@@ -158,6 +158,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--onnx", help="ONNX swapper with inputs 'target' and 'source' (e.g. inswapper_128.onnx)")
     generate.add_argument("--onnx-emap", action="store_true",
                           help="map the source embedding by the file's last initializer (inswapper's emap)")
+    generate.add_argument("--onnx-pixels", default="unit", choices=["unit", "imagenet", "signed"],
+                          help="what a one-shot ONNX swapper's crop input holds: unit [0,1] (inswapper, default), imagenet (SimSwap as FaceFusion runs it), signed [-1,1] (GHOST)")
     generate.add_argument("--snapshots", nargs="+", default=[], help="teacher weight files (diffface teacher)")
     generate.add_argument("--fractions", default="0.1,0.25,0.5,0.75,1.0",
                           help="oracle snapshot fractions (default 0.1,0.25,0.5,0.75,1.0)")
@@ -454,7 +456,7 @@ def _generate(args: argparse.Namespace) -> int:
 
         if not args.onnx:
             raise UserError("--teacher onnx needs --onnx FILE (inputs 'target' and 'source')")
-        teacher = OnnxTeacher(args.onnx, experts, args.onnx_emap)
+        teacher = OnnxTeacher(args.onnx, experts, args.onnx_emap, args.onnx_pixels)
     else:
         paths = sorted(p for pattern in args.snapshots for p in (glob.glob(pattern) or [pattern]))
         if not paths:

@@ -162,15 +162,15 @@ class OnnxTeacher:
 
     kind = "onnx"
 
-    def __init__(self, path: str, experts, use_emap: bool = False):
+    def __init__(self, path: str, experts, use_emap: bool = False, pixels: str = "unit"):
         from facekit.onnx_swapper import OneShotOnnxSwapper
 
-        self.swapper = OneShotOnnxSwapper(path, use_emap)
+        self.swapper = OneShotOnnxSwapper(path, use_emap, pixels)
         self.experts, self.path = experts, path
         self.snapshots = [{"id": Path(path).stem, "fraction": 1.0}]
 
     def settings(self) -> dict:
-        return {"onnx": str(self.path), "emap": self.swapper.emap is not None}
+        return {"onnx": str(self.path), "emap": self.swapper.emap is not None, "pixels": self.swapper.pixels}
 
     def swap(self, job: PairJob, snapshot: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from facekit.experts.bisenet import KEPT_CLASSES, class_mask

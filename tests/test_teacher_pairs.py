@@ -214,9 +214,52 @@ def test_onnx_swapper_teacher_writes_the_same_format(tmp_path):
     outside = 1 - item["mask"]
     assert torch.allclose(item["swap"] * outside, item["target"] * outside, atol=1 / 255)
     assert read_manifest(tmp_path / "pairs")["teacher"]["kind"] == "onnx"
-    (tmp_path / "bad.onnx").write_bytes((tmp_path / "swapper.onnx").read_bytes().replace(b"source", b"sourcX"))
-    with pytest.raises(UserError, match="needs inputs 'target' and 'source'"):
+    import onnx
+
+    model = onnx.load(str(tmp_path / "swapper.onnx"))  # one input left: not a one-shot swapper
+    model.graph.input.pop()
+    onnx.save(model, tmp_path / "bad.onnx")
+    with pytest.raises(UserError, match=r"needs two inputs, a \[B,3,S,S\] face crop and a \[B,D\] identity vector; "
+                       r"found target \(rank 4\)"):
         OnnxTeacher(str(tmp_path / "bad.onnx"), experts)
+
+
+def simswap_like(path, size=16):
+    """A SimSwap-style stand-in with its own input names, fed an ImageNet-normalised crop: it undoes the
+    normalisation and adds 0·W·identity, so run the right way it returns the crop unchanged."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros((512, 3), np.float32), "W"),
+             numpy_helper.from_array(np.array([-1, 3, 1, 1], dtype=np.int64), "shape"),
+             numpy_helper.from_array(np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1), "std"),
+             numpy_helper.from_array(np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1), "mean")]
+    nodes = [helper.make_node("MatMul", ["id_latent", "W"], ["s3"]), helper.make_node("Reshape", ["s3", "shape"], ["s4"]),
+             helper.make_node("Mul", ["img", "std"], ["a"]), helper.make_node("Add", ["a", "mean"], ["b"]),
+             helper.make_node("Add", ["b", "s4"], ["result"])]
+    graph = helper.make_graph(
+        nodes, "simswap",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, size, size]),
+         helper.make_tensor_value_info("id_latent", TensorProto.FLOAT, ["N", 512])],
+        [helper.make_tensor_value_info("result", TensorProto.FLOAT, ["N", 3, size, size])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_simswap_style_swapper_with_its_own_input_names_and_imagenet_pixels(tmp_path):
+    import numpy as np
+
+    from facekit.onnx_swapper import OneShotOnnxSwapper
+
+    simswap_like(tmp_path / "simswap.onnx")
+    crops = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    latent = np.ones((1, 512), np.float32)
+    swapper = OneShotOnnxSwapper(tmp_path / "simswap.onnx", pixels="imagenet")
+    assert (swapper.image_input, swapper.vector_input, swapper.batched) == ("img", "id_latent", True)
+    assert np.allclose(swapper(crops, latent), crops, atol=1e-6)
+    assert not np.allclose(OneShotOnnxSwapper(tmp_path / "simswap.onnx")(crops, latent), crops, atol=1e-2)
+    with pytest.raises(UserError, match="--onnx-pixels bgr: not one of unit, imagenet, signed"):
+        OneShotOnnxSwapper(tmp_path / "simswap.onnx", pixels="bgr")
 
 
 def test_pairs_never_mix_into_another_folder_and_refuse_empty_sets(tmp_path):
