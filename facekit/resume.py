@@ -7,7 +7,9 @@ generators, so a resumed run equals an uninterrupted one bit for bit.
 """
 from __future__ import annotations
 
+import errno
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,7 +36,15 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 def save_state(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write atomically: a crash mid-save keeps the previous state file whole."""
-    return atomic_write(path, lambda temp: torch.save(dict(state), temp))
+    return atomic_write(path, lambda temp: _torch_save(state, temp))
+
+
+def _torch_save(state: Mapping[str, Any], temp: Path) -> None:
+    try:
+        torch.save(dict(state), temp)
+    except RuntimeError as err:  # torch's zip writer reports a full disk as "unexpected pos …" / "file write failed"
+        full = shutil.disk_usage(temp.parent).free < 64 << 20
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"cannot write it ({str(err).splitlines()[0]})", str(temp)) from None
 
 
 def load_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any] | None:
