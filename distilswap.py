@@ -36,8 +36,15 @@ Mobile-ready face-swap distillation.
 Run `distilswap COMMAND --help` for each command's options."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors as the one line every other problem gets (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        sys.exit(_error(f"{self.prog.removeprefix('distilswap ')}: {message} (see `{self.prog} --help`)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="distilswap", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"distilswap {project_version()}")
@@ -70,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from facekit.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed as one line
+        return int(exit.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -12,6 +12,10 @@ import distilswap
 # afile (a file), bad.yaml (a syntax error), list.yaml (not a mapping), types.yaml (a wrong type), noise.png
 # (an image without a face), junk.safetensors / junk.pt / junk.npz (corrupt), experts/ (not trained).
 CASES = [
+    (["swap", "--model", "m.onnx", "--target", "t.png", "--out", "{d}/o.png", "--onnx-pixels", "bgr"],
+     "swap: argument --onnx-pixels: invalid choice: 'bgr'"),
+    (["bench", "--peer", "{d}/p.onnx"], "bench: the following arguments are required: --checkpoint, --out"),
+    (["teacher", "train", "--steps", "many"], "teacher train: argument --steps: invalid int value: 'many'"),
     (["teacher", "train", "--batch-size", "0", "--out", "{d}/t"], "batch_size must be a whole number ≥ 1, got 0"),
     (["teacher", "train", "--steps", "0", "--out", "{d}/t"], "steps must be a whole number ≥ 1, got 0"),
     (["teacher", "train", "--lr", "-1", "--out", "{d}/t"], "lr must be a number > 0"),
