@@ -31,11 +31,14 @@ def _half_copy(source: Path, destination: Path) -> None:
 
 
 def _wall_time(run: Path, final: Path) -> float:
-    """Seconds from the run's first TensorBoard event file (named by its creation time) to the final snapshot."""
-    events = sorted(run.glob("tb/events.out.tfevents.*"))
+    """Seconds of training: for each TensorBoard event file (one per session, named by its creation time), from
+    its creation to its last write (the last session's to the final snapshot), so the time between a run and
+    its `--extend` is not counted."""
+    events = sorted(run.glob("tb/events.out.tfevents.*"), key=lambda p: float(p.name.split(".")[3]))
     if not events:
         return float("nan")
-    return final.stat().st_mtime - float(events[0].name.split(".")[3])
+    ends = [p.stat().st_mtime for p in events[:-1]] + [max(final.stat().st_mtime, events[-1].stat().st_mtime)]
+    return sum(end - float(p.name.split(".")[3]) for p, end in zip(events, ends))
 
 
 def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[str], force: bool = False) -> Path:
