@@ -123,6 +123,8 @@ def _add_ship(commands: argparse._SubParsersAction) -> None:
     ship.add_argument("--out", required=True, help="folder to write (e.g. models)")
     ship.add_argument("--made-by", action="append", default=[], dest="made_by",
                       help="a command that made these files, recorded in the manifest (repeat, in order)")
+    ship.add_argument("--snapshot-steps", dest="snapshot_steps",
+                      help="comma-separated steps of the snapshots to ship (default: all; the last is always shipped)")
     ship.add_argument("--force", action="store_true", help="replace models already in --out")
     ship.set_defaults(func=_ship)
 
@@ -421,9 +423,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ship(args: argparse.Namespace) -> int:
+    from facekit.errors import UserError
     from teacher.ship import ship
 
-    out = ship(args.run, args.experts, args.out, args.made_by, args.force)
+    steps = None
+    if args.snapshot_steps:
+        try:
+            steps = [int(s) for s in args.snapshot_steps.split(",")]
+        except ValueError:
+            raise UserError(f"--snapshot-steps {args.snapshot_steps}: expected whole numbers like 300,1500,3000") from None
+    out = ship(args.run, args.experts, args.out, args.made_by, args.force, steps)
     print(f"shipped {args.run} and {args.experts} to {out} (manifest: {out}/manifest.json)")
     return 0
 

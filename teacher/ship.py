@@ -41,8 +41,10 @@ def _wall_time(run: Path, final: Path) -> float:
     return sum(end - float(p.name.split(".")[3]) for p, end in zip(events, ends))
 
 
-def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[str], force: bool = False) -> Path:
-    """Write out/{teacher/*.safetensors, experts/*, manifest.json}; refuses an unfinished run."""
+def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[str], force: bool = False,
+         steps: list[int] | None = None) -> Path:
+    """Write out/{teacher/*.safetensors, experts/*, manifest.json}; refuses an unfinished run. `steps`: the
+    snapshots to ship (default all; the final one always)."""
     run, experts, out = Path(run), Path(experts), Path(out)
     latest = run / "checkpoints" / "latest.json"
     state_files = sorted((run / "checkpoints").glob("step_*.state.pt"))
@@ -53,8 +55,17 @@ def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[s
     if int(state["step"]) < int(config["steps"]):
         raise UserError(f"{run} stopped at step {state['step']} of {config['steps']}; finish training first")
     snapshots = sorted((run / "snapshots").glob("step_*.safetensors"))
+    if steps is not None:
+        have = {int(p.stem[5:]): p for p in snapshots}
+        missing = sorted(set(steps) - set(have))
+        if missing:
+            raise UserError(f"{run} has no snapshots at steps {missing}; it has {sorted(have)}")
+        snapshots = [have[s] for s in sorted(set(steps) | {max(have)})]
     if (out / MANIFEST).exists() and not force:
         raise UserError(f"{out} already holds shipped models; pass --force to replace them")
+    if (out / MANIFEST).exists():  # replacing: what the earlier manifest shipped goes, nothing else in out/
+        for name in json.loads((out / MANIFEST).read_text()).get("files", {}):
+            (out / name).unlink(missing_ok=True)
     make_dir(out / "teacher")
     make_dir(out / "experts")
     files = {}

@@ -46,6 +46,22 @@ def test_shipped_models_are_fp16_listed_and_load_like_the_originals(shipped):
                             "--out", str(models)]) == 2  # never replaces shipped models without --force
 
 
+def test_shipping_a_subset_replaces_only_what_the_earlier_ship_wrote(shipped, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(shipped / "models", models)
+    (models / "NOTES.txt").write_text("mine")
+    base = ["teacher", "ship", "--run", str(shipped / "run"), "--experts", str(shipped / "experts"), "--out", str(models)]
+    assert distilswap.main(base + ["--snapshot-steps", "7", "--force"]) == 2  # no such snapshot: nothing touched
+    assert (models / "teacher" / "step_0000001.safetensors").is_file()
+    assert distilswap.main(base + ["--snapshot-steps", "2", "--force"]) == 0  # the final snapshot only
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert [s["step"] for s in manifest["teacher"]["snapshots"]] == [2]
+    assert sorted(p.name for p in (models / "teacher").iterdir()) == ["step_0000002.safetensors"]
+    assert (models / "NOTES.txt").read_text() == "mine"  # not the earlier ship's: kept
+
+
 def test_a_damaged_or_missing_shipped_file_is_refused_with_how_to_restore(shipped, tmp_path, capsys):
     import shutil
 
