@@ -1,7 +1,6 @@
 """Bad input across every subcommand: exit 2, one line `distilswap: error: ...` naming the problem, no
 traceback, and every file the user had (inputs and earlier outputs) byte-identical afterwards."""
 import hashlib
-import os
 from pathlib import Path
 
 import pytest

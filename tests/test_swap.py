@@ -80,7 +80,7 @@ def test_compare_and_refusals(assets, capsys):
 
 def test_video_keeps_frame_count_size_and_audio(assets):
     av = pytest.importorskip("av")
-    from facekit.faces.video import video_info, write_video
+    from facekit.faces.video import video_info
 
     root, checkpoint, identity, faces = assets
     x0, y0, x1, y1 = faces[0].bbox.astype(int)
