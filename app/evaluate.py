@@ -21,6 +21,7 @@ import numpy as np
 
 from facekit.faces.detect import Face
 from facekit.errors import UserError
+from facekit.files import atomic_write, atomic_write_text
 
 # (source image, source face, target image, target face) -> result image, all HxWx3 uint8 RGB
 Swap = Callable[[np.ndarray, Face, np.ndarray, Face], np.ndarray]
@@ -171,8 +172,11 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
         source, source_face, _ = faces.source(pair.source)
         target, target_face, target_descriptor = faces.target(pair)
         shown = [source, target]
-        if inception is not None:
-            features["target faces"].append(inception([_face_tile(target, target_face, FID_CROP)])[0])
+        if inception is not None:  # one feature per pair, computed once per target frame
+            target_key = hashlib.sha256(f"{pair.target.resolve()}|{pair.frame}".encode()).hexdigest()[:16]
+            features["target faces"].append(_cached_features(
+                out / "cache" / "target_faces" / f"{target_key}.inception.npy",
+                lambda: inception([_face_tile(target, target_face, FID_CROP)])[0]))
         for name, swap in models.items():
             cached = out / "cache" / _slug(name) / f"{pair.key}.json"
             result = None
@@ -185,10 +189,10 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
                 for judge_name, judge in judges.items():
                     row.update(judge.score(result, landmarks5, pair.source, judge_name))
                 row.update({"model": name, "source": str(pair.source), "target": str(pair.target), "frame": pair.frame})
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                if inception is not None:
-                    np.save(cached.with_suffix(".inception.npy"), inception([_face_tile(result, target_face, FID_CROP)])[0])
-                cached.write_text(json.dumps(row))
+                if inception is not None:  # before the row: a cached row means its features are there too
+                    _cached_features(cached.with_suffix(".inception.npy"),
+                                     lambda: inception([_face_tile(result, target_face, FID_CROP)])[0], refresh=True)
+                atomic_write_text(cached, json.dumps(row))
             if inception is not None:
                 features[name].append(np.load(cached.with_suffix(".inception.npy")))
             rows.append(row)
@@ -218,12 +222,21 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
                          "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
               "fid": fid}
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(report, indent=1))
     _write_csv(out / "pairs.csv", rows)
-    (out / "results.md").write_text(_markdown(report))
+    atomic_write_text(out / "results.md", _markdown(report))
     if sheet:
         write_image(out / "sheet.png", np.concatenate([np.concatenate(r, axis=1) for r in sheet], axis=0))
     return report
+
+
+def _cached_features(path: Path, compute, refresh: bool = False) -> np.ndarray:
+    """Inception features kept on disk (written atomically) so a resumed evaluation does not recompute them."""
+    if path.is_file() and not refresh:
+        return np.load(path)
+    features = compute()
+    atomic_write(path, lambda temp: np.save(temp, features))
+    return features
 
 
 class _FaceCache:

@@ -12,6 +12,7 @@ from typing import Callable
 
 from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
+from facekit.files import atomic_write_text
 
 
 def _expand(argv: list[str]) -> list[str]:
@@ -51,8 +52,8 @@ def run_pipeline(config_path: str, out: str | None, from_stage: str | None, main
             raise UserError(f"stage {name} failed (exit {code}); fix it and rerun: finished stages are kept")
         seconds = time.monotonic() - start
         outputs = sorted({a for a in argv if a.startswith(str(out)) and Path(a).exists()})
-        marker.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1), "order": number,
-                                      "outputs": outputs}))
+        atomic_write_text(marker, json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1),
+                                              "order": number, "outputs": outputs}))
         print(f"[{number}/{len(stages)}] {name}: done in {seconds:.0f} s", flush=True)
         rerun = True  # a stage that ran invalidates the caches of the stages after it
     return out

@@ -163,7 +163,12 @@ def test_fid_from_local_inception_weights_ranks_the_unchanged_target_first(photo
     target, paste = report["models"]["target"]["fid"], report["models"]["paste"]["fid"]
     assert 0 <= target < 1e-3 * paste, (target, paste)  # the same crops as the reference: FID 0
     assert "against the 9 target faces" in report["fid"] and "| fid |" in (tmp_path / "eval" / "results.md").read_text()
-    assert len(list((tmp_path / "eval" / "cache").rglob("*.inception.npy"))) == 18
+    cache = tmp_path / "eval" / "cache"
+    assert len(list(cache.rglob("*.inception.npy"))) == 18 + 3  # each pair's two swaps, each target face once
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.inception.npy")}
+    assert distilswap.main(argv) == 0  # resumed: no feature computed again, the same FIDs
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.inception.npy")} == stamps
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == report["models"]
     bad = tmp_path / "bad.pth"
     import torch
 
