@@ -14,7 +14,7 @@ import torch
 
 from app.clock import StageClock
 from export import layout
-from facekit.onnx_runtime import ort_session
+from facekit.onnx_runtime import load_session, ort_session
 from facekit.errors import UserError
 from facekit.faces.smoothing import OneEuroFilter
 
@@ -60,11 +60,9 @@ class OnnxSwapper:
     """An exported swapper in ONNX Runtime: a baked file (identity inside), or the dynamic graph fed with
     the identity weights an injector produced."""
 
-    def __init__(self, path: str | Path, identity_weights: dict[str, np.ndarray] | None = None, threads: int = 0):
-        try:
-            self.session = ort_session(path, "all", threads)
-        except Exception as err:  # ORT raises its own types for foreign/corrupt files
-            raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+    def __init__(self, path: str | Path, identity_weights: dict[str, np.ndarray] | None = None, threads: int = 0,
+                 session=None):
+        self.session = session or load_session(path, "all", threads)
         inputs = self.session.get_inputs()
         self.image_input = inputs[0].name
         self.size = int(inputs[0].shape[-1]) if isinstance(inputs[0].shape[-1], int) else 224
@@ -93,10 +91,11 @@ class ExternalSwapper:
 
     align_mode = "similarity"
 
-    def __init__(self, path: str | Path, embedding: torch.Tensor, use_emap: bool = False, pixels: str = "unit"):
+    def __init__(self, path: str | Path, embedding: torch.Tensor, use_emap: bool = False, pixels: str = "unit",
+                 session=None):
         from facekit.onnx_swapper import OneShotOnnxSwapper
 
-        self.model = OneShotOnnxSwapper(path, use_emap, pixels)
+        self.model = OneShotOnnxSwapper(path, use_emap, pixels, session=session)
         self.size = self.model.size or 128
         self.latent = self.model.latent(embedding.detach().cpu().numpy())
 
@@ -179,25 +178,15 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
-        if _is_one_shot(model):
+        from facekit.onnx_swapper import one_shot_inputs
+
+        session = load_session(model, "all", threads)  # opened once: its inputs say what kind of swapper it is
+        if one_shot_inputs(session) is not None:
             if identity is None:
                 raise UserError(f"{model} is a one-shot swapper: it needs --source (a face photo and --embedder)")
-            return ExternalSwapper(model, identity[0], use_emap, pixels)
-        return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), threads)
+            return ExternalSwapper(model, identity[0], use_emap, pixels, session)
+        return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), session=session)
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
-
-
-def _is_one_shot(path: Path) -> bool:
-    """A face crop and an identity vector as inputs: another project's one-shot swapper."""
-    import onnx
-
-    from facekit.onnx_swapper import one_shot_inputs
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:
-        return False  # OnnxSwapper names the problem
-    return one_shot_inputs(graph) is not None
 
 
 def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[str, np.ndarray] | None:

@@ -29,3 +29,13 @@ def ort_session(model: str | Path | bytes, level: str = "basic", threads: int = 
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     return ort.InferenceSession(source, options or session_options(level, threads), providers=["CPUExecutionProvider"],
                                 **extra)
+
+
+def load_session(path: str | Path, level: str = "all", threads: int = 0):
+    """A session for a user's ONNX file, or one line saying it is not a loadable model."""
+    from facekit.errors import UserError
+
+    try:
+        return ort_session(path, level, threads)
+    except Exception as err:  # ORT raises its own types for foreign/corrupt files
+        raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from facekit.errors import UserError
-from facekit.onnx_runtime import ort_session
+from facekit.onnx_runtime import load_session
 
 
 PIXELS = ("unit", "imagenet", "signed")  # what the crop input holds: [0,1]; ImageNet-normalised; [−1,1] (out too)
@@ -21,40 +21,34 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
 
 
-def one_shot_inputs(graph) -> tuple[str, str] | None:
-    """(crop input, identity input) of an ONNX graph with exactly one rank-4 and one rank-2 input, else None
+def one_shot_inputs(session) -> tuple[str, str] | None:
+    """(crop input, identity input) of an ORT session with exactly one rank-4 and one rank-2 input, else None
     (our own exports have one input, or the target and eighteen identity weights)."""
-    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
-    ranks = {len(i.type.tensor_type.shape.dim): i.name for i in inputs}
+    inputs = session.get_inputs()
+    ranks = {len(i.shape): i.name for i in inputs}
     if len(inputs) != 2 or set(ranks) != {2, 4}:
         return None
     return ranks[4], ranks[2]
 
 
 class OneShotOnnxSwapper:
-    def __init__(self, path: str | Path, use_emap: bool = False, pixels: str = "unit"):
-        import onnx
-        from onnx import numpy_helper
-
+    def __init__(self, path: str | Path, use_emap: bool = False, pixels: str = "unit", threads: int = 0,
+                 session=None):
+        """`session`: one already made for `path` (the app opens the file once to see what it is)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"ONNX swapper {path} not found")
-        try:
-            model = onnx.load(str(path))
-        except Exception as err:  # onnx raises its own decode errors
-            raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
         if pixels not in PIXELS:
             raise UserError(f"--onnx-pixels {pixels}: not one of {', '.join(PIXELS)}")
-        names = one_shot_inputs(model.graph)
+        self.session = session or load_session(path, "all", threads)
+        names = one_shot_inputs(self.session)
         if names is None:
-            found = [f"{i.name} (rank {len(i.type.tensor_type.shape.dim)})" for i in model.graph.input
-                     if i.name not in {init.name for init in model.graph.initializer}]
+            found = [f"{i.name} (rank {len(i.shape)})" for i in self.session.get_inputs()]
             raise UserError(f"{path}: a one-shot swapper needs two inputs, a [B,3,S,S] face crop and a [B,D] identity "
                             f"vector; found {', '.join(found)}")
         self.image_input, self.vector_input = names
         self.pixels = pixels
-        self.emap = numpy_helper.to_array(model.graph.initializer[-1]).astype(np.float32) if use_emap else None
-        self.session = ort_session(model.SerializeToString(), "all", threads=0)  # 0: ORT picks (all cores)
+        self.emap = _last_initializer(path) if use_emap else None
         shape = next(i for i in self.session.get_inputs() if i.name == self.image_input).shape
         self.size = shape[-1] if isinstance(shape[-1], int) else None
         self.batched = not isinstance(shape[0], int) or shape[0] != 1
@@ -81,3 +75,11 @@ class OneShotOnnxSwapper:
                                                       self.vector_input: np.ascontiguousarray(latent[r], dtype=np.float32)})[0]
                               for r in rows])
         return (out + 1) / 2 if self.pixels == "signed" else out
+
+
+def _last_initializer(path: Path) -> np.ndarray:
+    """insightface's `emap`: the file's last initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(onnx.load(str(path)).graph.initializer[-1]).astype(np.float32)

@@ -216,8 +216,12 @@ def test_onnx_swapper_teacher_writes_the_same_format(tmp_path):
     assert read_manifest(tmp_path / "pairs")["teacher"]["kind"] == "onnx"
     import onnx
 
-    model = onnx.load(str(tmp_path / "swapper.onnx"))  # one input left: not a one-shot swapper
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tmp_path / "swapper.onnx"))  # the identity a constant: one input, not a one-shot swapper
     model.graph.input.pop()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 512), np.float32), "source"))
     onnx.save(model, tmp_path / "bad.onnx")
     with pytest.raises(UserError, match=r"needs two inputs, a \[B,3,S,S\] face crop and a \[B,D\] identity vector; "
                        r"found target \(rank 4\)"):
