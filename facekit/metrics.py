@@ -3,6 +3,8 @@ so every stage reports the same numbers.
 
 What each number means:
 - l1_face / psnr_face: error vs the ground-truth swap inside `face_mask` (the region the swap must change);
+  l1_face_lowpass: l1_face after a 5x5 box blur of swap and truth: the part of the error that is tone and
+  outline rather than texture or leftover noise (a blur cannot remove a wrong skin colour);
   l1_outside / psnr_outside: the same outside it. ssim: whole-image SSIM vs the truth (11x11 Gaussian).
 - background_l1 / background_psnr: swap vs the *target* outside `face_mask` (is the target kept?).
 - id_sim_source / id_sim_target: cosine of the swap's embedding with the source's / target's (needs an
@@ -34,6 +36,11 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     """Per-image mean |a - b| over mask pixels ([B,3,H,W], mask [B,H,W]); NaN where the mask is empty."""
     weight = mask[:, None].to(a.dtype)
     return ((a - b).abs() * weight).sum((1, 2, 3)) / (3 * weight.sum((1, 2, 3)))
+
+
+def box_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Mean over a size x size window, averaging only the pixels inside the image at the borders."""
+    return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
 
 
 def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
@@ -144,6 +151,7 @@ def swap_metrics(
     outside = ~face_mask
     result = {
         "l1_face": _mean(masked_l1(swap, truth, face_mask)),
+        "l1_face_lowpass": _mean(masked_l1(box_blur(swap), box_blur(truth), face_mask)),
         "l1_outside": _mean(masked_l1(swap, truth, outside)),
         "psnr_face": _mean(masked_psnr(swap, truth, face_mask)),
         "psnr_outside": _mean(masked_psnr(swap, truth, outside)),
@@ -190,7 +198,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-_ORDER = ("l1_face", "psnr_face", "l1_outside", "psnr_outside", "ssim", "background_l1", "background_psnr",
+_ORDER = ("l1_face", "l1_face_lowpass", "psnr_face", "l1_outside", "psnr_outside", "ssim", "background_l1", "background_psnr",
           "id_sim_source", "id_sim_target", "id_sim_truth_source", "geometry_error", "expression_error",
           "gaze_error_deg")
 

@@ -60,7 +60,9 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
     size = model.config.image_size
     job = synthetic_job(seed, pairs, size)
     rows = {"target (floor)": _score(job.target, job, judge, experts.parser),
-            "truth (ceiling)": _score(job.truth, job, judge, experts.parser)}
+            "truth (ceiling)": _score(job.truth, job, judge, experts.parser),
+            # how far colour alone goes: the teacher's embedder sees skin tone far better than face shape
+            "source's colours on the target": _score(job.colour_swap, job, judge, experts.parser)}
     swaps, done, same_as = {}, {}, {}
     from tqdm import tqdm
 

@@ -29,6 +29,7 @@ class PairJob:
     target_landmarks: torch.Tensor
     truth: torch.Tensor | None = None
     truth_mask: torch.Tensor | None = None
+    colour_swap: torch.Tensor | None = None  # the target recoloured with the source's skin and iris
 
 
 class Teacher(Protocol):
@@ -53,8 +54,10 @@ def synthetic_job(seed: int, count: int, size: int) -> PairJob:
     tgt = synthetic.render_batch(tgt_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
     # The target keeps its own neck: the truth is the source's face on the target's neck.
     truth = synthetic.swap_truth(src_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
+    colour_swap = synthetic.render_batch(synthetic.recoloured(tgt_ids, src_ids), tgt_attrs,
+                                         synthetic.match_neck(tgt_ctx, tgt_ids), size)
     mask = (truth["face_mask"] | tgt["face_mask"])[:, None].float()
-    return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask)
+    return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask, colour_swap["image"])
 
 
 def folder_job(dataset, seed: int, count: int) -> PairJob:

@@ -48,6 +48,17 @@ def test_noise_outside_the_mask_is_caught_by_background_metrics(world):
     assert m["l1_face"] == 0 and m["l1_outside"] > 0.03 and m["background_psnr"] < 30 and m["ssim"] < 0.95
 
 
+def test_lowpass_face_error_separates_noise_from_a_wrong_tone(world):
+    """Fine noise mostly averages out under the blur; a wrong skin tone does not."""
+    target, truth, source, mask = world
+    noisy = truth["image"] + 0.2 * torch.randn_like(truth["image"]) * mask[:, None]
+    m = swap_metrics(noisy, truth["image"], source["image"], target["image"], mask)
+    assert m["l1_face_lowpass"] < m["l1_face"] / 3
+    darker = truth["image"] * torch.where(mask[:, None], 0.8, 1.0)
+    m = swap_metrics(darker, truth["image"], source["image"], target["image"], mask)
+    assert m["l1_face_lowpass"] > 0.7 * m["l1_face"]
+
+
 def test_ssim_known_values():
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)

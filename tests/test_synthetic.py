@@ -99,6 +99,19 @@ def test_swap_truth_keeps_the_target_outside_the_identity_region():
     assert torch.equal(same["image"], target["image"])
 
 
+def test_a_recoloured_target_changes_colour_not_shape():
+    """The colour-only yardstick of `teacher evaluate`: the target's labels (shape) with the source's skin."""
+    target_ids, attrs, ctxs = _world(8, 30)
+    sources = S.sample_identities(8, 31)
+    target = S.render_batch(target_ids, attrs, ctxs, size=SIZE)
+    recoloured = S.render_batch(S.recoloured(target_ids, sources), attrs, ctxs, size=SIZE)
+    truth = S.swap_truth(sources, attrs, ctxs, size=SIZE)
+    assert torch.equal(recoloured["labels"], target["labels"])
+    skin = (target["labels"] == 1)[:, None].expand_as(target["image"])
+    # on the target's skin, the recoloured face is much closer to the truth's colour than the target is
+    assert (recoloured["image"] - truth["image"]).abs()[skin].mean() < 0.5 * (target["image"] - truth["image"]).abs()[skin].mean()
+
+
 def test_dataset_is_deterministic_resumable_and_split_by_identity(tmp_path):
     config = WorldConfig(seed=2, identities=5, per_identity=3, size=64, test_fraction=0.4)
     first = write_dataset(tmp_path / "a", config, progress=False)

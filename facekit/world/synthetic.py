@@ -122,6 +122,16 @@ def match_neck(contexts: Params, identities: Params) -> Params:
     return {**contexts, "neck_lightness": identities["skin_lightness"], "neck_warmth": identities["skin_warmth"]}
 
 
+# The identity parameters that are colours; the rest are shape (outline and inner features).
+COLOUR_PARAMS = ("skin_lightness", "skin_warmth", "iris_hue")
+
+
+def recoloured(shape: Params, colours: Params) -> Params:
+    """shape's identities with colours' skin and iris: a swap that transfers colour and nothing else, the
+    yardstick for a swap whose identity embedder sees tone better than face shape."""
+    return {name: colours[name] if name in COLOUR_PARAMS else value for name, value in shape.items()}
+
+
 def neutral_attributes(n: int = 1) -> Params:
     """Frontal, scale 1, neutral expression, centred gaze: the pose the ArcFace template describes."""
     values = {name: 0.0 for name in ATTRIBUTE_RANGES}
