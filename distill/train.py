@@ -22,7 +22,7 @@ from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
 from facekit.files import atomic_write
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
-from facekit.training import EMA, Dist, setup_distributed
+from facekit.training import EMA, Dist, native_bf16, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
 from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
@@ -50,7 +50,7 @@ class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     reweight: str = "product"  # a's combination (distill.reweight.COMBINATIONS); "off" is the ablation
     ema_decay: float = 0.999
-    amp: bool = True  # fp16 + loss scaling on CUDA, bf16 on CPU
+    amp: bool = True  # fp16 + loss scaling on CUDA, bf16 on a CPU that computes it (else fp32)
     val_fraction: float = 0.2
     seed: int = 0
     log_every: int = 50
@@ -249,6 +249,9 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
         on_gpu = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(student, device_ids=on_gpu)
     amp_dtype = torch.float16 if dist.device.type == "cuda" else torch.bfloat16
+    amp = config.amp and (dist.device.type == "cuda" or native_bf16(dist.device))
+    if config.amp and not amp:
+        log.info("distill: amp off, this CPU has no native bf16 (emulated bf16 is slower than fp32)")
     per_epoch = len(run.train) // (config.batch_size * dist.world)
     used = per_epoch * config.batch_size * dist.world
     log.info("distill: %d train pairs / %d held-out (%d identities); each epoch uses %d pairs, %d left out by "
@@ -263,7 +266,7 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
         while run.step < config.steps:
             batch = _to_device(default_collate(next_batch()), dist.device)
             a = normalize_mean_one(torch.tensor([run.weight_of[pid] for pid in batch["pair_id"]], device=dist.device))
-            with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=config.amp):
+            with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp):
                 loss, terms = compute_losses(model, embedder, parser, run.perceptual, batch, a, config.weights,
                                              run.resolution)
             if not torch.isfinite(loss):

@@ -1,4 +1,5 @@
-"""What every training loop here shares (teacher, distillation): the process group and the weight EMA.
+"""What every training loop here shares (teacher, distillation): the process group, the weight EMA and
+where bf16 autocast pays.
 
 Multi-GPU / multi-node is plain torch DDP under torchrun: a process group only exists when WORLD_SIZE > 1
 (nccl on CUDA, gloo on CPU), so the same command runs on one CPU.
@@ -27,6 +28,15 @@ class Dist:
     def close(self) -> None:
         if self.started_group:
             torch.distributed.destroy_process_group()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is computed in bf16 here: a CUDA GPU that supports it, or a CPU whose oneDNN
+    has bf16 kernels (AVX-512 or AMX). On an AVX2-only CPU it is emulated: a teacher step of 32 at 64² took
+    195 s in bf16 against 14 s in fp32 (the README has the command)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def setup_distributed(device: str | None = None) -> Dist:

@@ -26,7 +26,7 @@ from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 from facekit.files import atomic_write_text
 from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
-from facekit.training import EMA, setup_distributed
+from facekit.training import EMA, native_bf16, setup_distributed
 
 from .checkpoint import read_metadata, save_weights
 from .data import FaceSource
@@ -53,7 +53,7 @@ class TrainConfig:
     # 1.0 the term, amplified by 1/√ᾱ_t through x̂0, swamped the noise loss: samples stayed noise)
     schedule: str = "linear"
     diffusion_steps: int = 1000
-    precision: str = "auto"  # auto (bf16 on capable GPUs, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it, else fp32) | fp32 | bf16
     grad_checkpoint: bool = False
     snapshot_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
     checkpoint_every: int = 50
@@ -111,13 +111,17 @@ def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
+    """auto: bf16 where the hardware computes it (see `native_bf16`), else fp32; bf16 asked for where it is
+    emulated still runs, with a warning, since results must not depend on the machine silently."""
+    if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        log.warning("teacher train: precision bf16 on a %s without native bf16 is emulated, about 10x slower than "
+                    "fp32: use precision auto or fp32", device.type)
+    if precision == "bf16" or (precision == "auto" and native):
+        return torch.bfloat16
+    return None
 
 
 def train(config: TrainConfig, experts: Experts | None = None, stop_after: int | None = None,

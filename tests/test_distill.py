@@ -91,7 +91,7 @@ def test_ranks_draw_disjoint_batches():
 
 def test_run_writes_student_eval_samples_and_curves(pairs, embedder, tmp_path):
     scores = {pid: {"id_cosine": 0.9, "quality": 0.1 + 0.8 * (i % 2)} for i, pid in enumerate(pairs.pair_ids)}
-    config = DistillConfig(steps=2, amp=True, **{k: v for k, v in TINY.items() if k != "amp"})  # bf16 on CPU
+    config = DistillConfig(steps=2, amp=True, **{k: v for k, v in TINY.items() if k != "amp"})  # bf16 where the CPU has it
     result = distill(pairs, embedder, None, config, tmp_path, scores, "scores", progress=False)
     student = load_student(tmp_path / "student.safetensors")
     assert student.config == scaled(StudentConfig(resolution=32, identity_dim=32), 0.25)

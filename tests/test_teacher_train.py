@@ -179,3 +179,19 @@ def test_ctrl_c_checkpoints_the_finished_step(tmp_path, monkeypatch):
         train(cfg, tiny_experts())
     assert json.loads((tmp_path / "ctrl_c/checkpoints/latest.json").read_text())["step"] == 2
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, native):
+    """Emulated bf16 on an AVX2-only CPU is ~14x slower than fp32: auto must not pick it there."""
+    import teacher.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert train_module._autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert train_module._autocast_dtype("fp32", cpu) is None
+    with caplog.at_level("WARNING"):
+        assert train_module._autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for: kept, but said
+    assert ("emulated" in caplog.text) == (not native)
+    with pytest.raises(UserError, match="precision must be"):
+        train_module._autocast_dtype("fp16", cpu)
