@@ -21,7 +21,7 @@ from facekit.faces.imageio import write_image
 from facekit.metrics import format_table, swap_metrics
 
 from .experts import Experts, to_model
-from .pairs import synthetic_job
+from .pairs import synthetic_colour_swaps, synthetic_job
 from .sampling import SwapConfig, guided_swap
 
 HELD_OUT_SEED = 900_001  # the world's seeds for held-out pairs: far from any training batch's
@@ -62,7 +62,8 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
     rows = {"target (floor)": _score(job.target, job, judge, experts.parser),
             "truth (ceiling)": _score(job.truth, job, judge, experts.parser),
             # how far colour alone goes: the teacher's embedder sees skin tone far better than face shape
-            "source's colours on the target": _score(job.colour_swap, job, judge, experts.parser)}
+            "source's colours on the target": _score(synthetic_colour_swaps(seed, pairs, size), job, judge,
+                                                      experts.parser)}
     swaps, done, same_as = {}, {}, {}
     from tqdm import tqdm
 

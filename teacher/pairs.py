@@ -29,7 +29,6 @@ class PairJob:
     target_landmarks: torch.Tensor
     truth: torch.Tensor | None = None
     truth_mask: torch.Tensor | None = None
-    colour_swap: torch.Tensor | None = None  # the target recoloured with the source's skin and iris
 
 
 class Teacher(Protocol):
@@ -42,22 +41,36 @@ class Teacher(Protocol):
         """(swap [B,3,S,S] in [0,1], mask [B,1,S,S], valid [B] bool)."""
 
 
+def _synthetic_people(seed: int, count: int):
+    """The people of `synthetic_job`'s pairs: source and target identities, the target's attributes and its
+    context (the target keeps its own neck: the truth is the source's face on the target's neck)."""
+    from facekit.world import synthetic
+
+    tgt_ids = synthetic.sample_identities(count, seed + 1)
+    tgt_ctx = synthetic.match_neck(synthetic.sample_contexts(count, seed + 5), tgt_ids)
+    return synthetic.sample_identities(count, seed), tgt_ids, synthetic.sample_attributes(count, seed + 4), tgt_ctx
+
+
 def synthetic_job(seed: int, count: int, size: int) -> PairJob:
     """count (source, target) pairs of different synthetic people, with the true swap."""
     from facekit.world import synthetic
 
-    src_ids = synthetic.sample_identities(count, seed)
-    tgt_ids = synthetic.sample_identities(count, seed + 1)
+    src_ids, tgt_ids, tgt_attrs, tgt_ctx = _synthetic_people(seed, count)
     src = synthetic.render_batch(src_ids, synthetic.sample_attributes(count, seed + 2),
                                  synthetic.match_neck(synthetic.sample_contexts(count, seed + 3), src_ids), size)
-    tgt_attrs, tgt_ctx = synthetic.sample_attributes(count, seed + 4), synthetic.sample_contexts(count, seed + 5)
-    tgt = synthetic.render_batch(tgt_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
-    # The target keeps its own neck: the truth is the source's face on the target's neck.
-    truth = synthetic.swap_truth(src_ids, tgt_attrs, synthetic.match_neck(tgt_ctx, tgt_ids), size)
-    colour_swap = synthetic.render_batch(synthetic.recoloured(tgt_ids, src_ids), tgt_attrs,
-                                         synthetic.match_neck(tgt_ctx, tgt_ids), size)
+    tgt = synthetic.render_batch(tgt_ids, tgt_attrs, tgt_ctx, size)
+    truth = synthetic.swap_truth(src_ids, tgt_attrs, tgt_ctx, size)
     mask = (truth["face_mask"] | tgt["face_mask"])[:, None].float()
-    return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask, colour_swap["image"])
+    return PairJob(src["image"], tgt["image"], tgt["landmarks5"], truth["image"], mask)
+
+
+def synthetic_colour_swaps(seed: int, count: int, size: int) -> torch.Tensor:
+    """The targets of `synthetic_job(seed, count, size)` recoloured with their sources' skin and iris: how far
+    a swap gets that transfers colour and nothing else (evaluation only, so pair generation never draws it)."""
+    from facekit.world import synthetic
+
+    src_ids, tgt_ids, tgt_attrs, tgt_ctx = _synthetic_people(seed, count)
+    return synthetic.render_batch(synthetic.recoloured(tgt_ids, src_ids), tgt_attrs, tgt_ctx, size)["image"]
 
 
 def folder_job(dataset, seed: int, count: int) -> PairJob:

@@ -117,7 +117,7 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise UserError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     native = native_bf16(device)
     if precision == "bf16" and not native:
-        log.warning("teacher train: precision bf16 on a %s without native bf16 is emulated, about 10x slower than "
+        log.warning("teacher train: precision bf16 on a %s without native bf16 is emulated, about 14x slower than "
                     "fp32: use precision auto or fp32", device.type)
     if precision == "bf16" or (precision == "auto" and native):
         return torch.bfloat16
