@@ -71,10 +71,10 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activations' dtype (half-precision statistics drift)."""
+    """GroupNorm computed in at least float32 whatever the activations' dtype (half-precision statistics drift)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(x.to(torch.promote_types(x.dtype, torch.float32))).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.GroupNorm:
@@ -207,7 +207,8 @@ class UNetModel(nn.Module):
 
     def embed(self, timesteps: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """Conditioning vector: timestep embedding + identity embedding (DiffFace's only identity path)."""
-        t_emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        weights = next(self.time_embed.parameters())  # a float64 UNet (exactness tests) embeds in float64
+        t_emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(weights.dtype))
         return t_emb + self.id_embed(identity.to(t_emb.dtype))
 
     def _block(self, block: EmbedSequential, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
