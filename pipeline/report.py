@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from facekit.errors import UserError
+from facekit.quiet import quiet_third_party
 
 MAX_PICTURES_PER_STAGE = 6
 
@@ -32,7 +33,8 @@ def loss_curves(stage_dir: Path, out_png: Path) -> Path | None:
     series: dict[str, tuple[list[int], list[float]]] = {}
     for events in sorted(stage_dir.rglob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
-        accumulator.Reload()
+        with quiet_third_party("tensorboard"):  # its directory watcher logs "No path found after ..." at INFO
+            accumulator.Reload()
         for tag in accumulator.Tags().get("scalars", []):
             points = accumulator.Scalars(tag)
             steps, values = series.setdefault(tag, ([], []))
