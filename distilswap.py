@@ -84,12 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import os
+
+    from facekit.quiet import VERBOSE, configure_logging
+
     if args.verbose:
-        import os
-
-        from facekit.quiet import VERBOSE
-
         os.environ[VERBOSE] = "1"
+    configure_logging(bool(os.environ.get(VERBOSE)))
     try:
         return int(args.func(args) or 0)
     except UserError as err:

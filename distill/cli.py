@@ -99,12 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=run_compare)
 
 
-def _logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-
 def _device(name: str | None) -> str:
     import torch
 
@@ -118,7 +112,6 @@ def quality_train(args: argparse.Namespace) -> int:
     from distill.data import open_pairs
     from distill.quality import QualityConfig, save_quality, train_quality
 
-    _logging()
     pairs = open_pairs(args.pairs)
     config = QualityConfig(input_size=args.input_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed, stream=args.stream)
@@ -139,7 +132,6 @@ def quality_score(args: argparse.Namespace) -> int:
     from distill.reweight import SCORES_FILENAME, save_histogram, write_scores
     from facekit.shipped import file_sha256
 
-    _logging()
     pairs = open_pairs(args.pairs)
     model = load_quality(args.model, pairs.resolution)
     scores = score_pairs(pairs, model.to(_device(args.device)), args.combination)
@@ -166,7 +158,6 @@ def run_distill(args: argparse.Namespace) -> int:
     from distill.train import distill, load_distill_config
     from facekit.experts.expert_loader import load_embedder, load_expert_set
 
-    _logging()
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
                  "seed": args.seed, "reweight": args.reweight, "stream": args.stream}
     config = load_distill_config(args.config, overrides)

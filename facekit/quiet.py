@@ -1,5 +1,6 @@
-"""Third-party progress output (coremltools' per-op conversion bars, its MIL pass lists) stays out of the
-user's terminal unless `distilswap --verbose` (or DISTILSWAP_VERBOSE=1) asks for it."""
+"""Third-party progress output (coremltools' per-op conversion bars, its MIL pass lists, onnxscript's
+optimizer passes) stays out of the user's terminal unless `distilswap --verbose` (or DISTILSWAP_VERBOSE=1)
+asks for it."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,16 @@ import os
 from typing import Iterator
 
 VERBOSE = "DISTILSWAP_VERBOSE"
+OUR_PACKAGES = ("facekit", "experts", "teacher", "student", "distill", "export", "app", "pipeline")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our modules' info lines as plain messages; other libraries' only from WARNING up (onnxscript logs each
+    optimizer pass at INFO), all of them with --verbose."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ BatchNorm (2 per element, affine), so the two agree and match the paper's 0.33 G
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -67,7 +68,9 @@ def count_params(module: nn.Module, include_buffers: bool = False) -> int:
 
 @torch.no_grad()
 def count_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> MacCount:
-    import fvcore.nn
+    with warnings.catch_warnings():  # fvcore scripts its focal losses at import: torch's jit.script deprecation
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+        import fvcore.nn
 
     was_training = module.training
     module.eval()
