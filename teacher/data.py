@@ -3,6 +3,7 @@ exactly after a resume) or a folder data set on disk. Images come out in [0,1], 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -21,6 +22,21 @@ def synthetic_faces(n: int, seed: int, size: int) -> dict[str, torch.Tensor]:
     return synthetic.render_batch(identities, attributes, contexts, size)
 
 
+def step_seed(seed: int, step: int, world: int, rank: int) -> int:
+    """The seed of a training step's synthetic batch on one rank: a resumed run redraws exactly its faces."""
+    return (seed * 1_000_003 + step) * world + rank
+
+
+class _SyntheticSteps(torch.utils.data.Dataset):
+    """Item i is step i's synthetic batch, so DataLoader workers can render the steps ahead in order."""
+
+    def __init__(self, n: int, size: int, seed: int, world: int, rank: int):
+        self.n, self.size, self.seed, self.world, self.rank = n, size, seed, world, rank
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return synthetic_faces(self.n, step_seed(self.seed, step, self.world, self.rank), self.size)["image"]
+
+
 class FaceSource:
     """Batches of training faces. `batch(step_seed, n)` is a pure function of its seed for the synthetic
     world; for a folder the indices come from the generator passed in (whose state checkpoints save)."""
@@ -36,6 +52,20 @@ class FaceSource:
             self.dataset = FolderDataset(data, split, resolution=size)
             if len(self.dataset) == 0:
                 raise UserError(f"data set {data} has no {split!r} images")
+
+    def batches(self, steps: range, n: int, seed: int, world: int, rank: int, generator: torch.Generator,
+                workers: int = 0, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+        """One batch per step, in order. `workers` processes render synthetic batches ahead (the renderer is
+        one-threaded CPU work a GPU would wait on); folder batches draw their indices from `generator` as their
+        step starts, so the generator's checkpointed state stays the step's."""
+        if self.dataset is None and workers > 0:
+            yield from torch.utils.data.DataLoader(
+                _SyntheticSteps(n, self.size, seed, world, rank), batch_size=None, sampler=steps,
+                num_workers=workers, pin_memory=pin_memory, prefetch_factor=4,
+                generator=torch.Generator())  # its worker seeds must not draw from the training's global RNG
+            return
+        for step in steps:
+            yield self.batch(n, step_seed(seed, step, world, rank), generator)
 
     def batch(self, n: int, seed: int, generator: torch.Generator) -> torch.Tensor:
         if self.dataset is None:

@@ -46,6 +46,18 @@ def test_resume_is_exact_and_snapshots_record_their_fraction(tmp_path):
     assert list((straight / "tb").iterdir())  # TensorBoard event file
 
 
+def test_batches_rendered_ahead_by_worker_processes_train_the_same_weights(tmp_path):
+    """What a GPU run does (rendering in DataLoader workers) computes what one CPU process does, resumed too."""
+    experts = tiny_experts()
+    inline = train(config(tmp_path, "inline", data_workers=0), experts)
+    ahead = config(tmp_path, "ahead", data_workers=2)
+    train(ahead, experts, stop_after=1)
+    train(ahead, experts)
+    a = load_file(str(inline / "checkpoints/step_0000004.model.safetensors"))
+    b = load_file(str(tmp_path / "ahead/checkpoints/step_0000004.model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
     experts = tiny_experts()
     straight = train(config(tmp_path, "straight"), experts)
@@ -97,6 +109,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"snapshot_fractions": [0, 2]}, r"snapshot_fractions must lie in \(0, 1\]"),
     ({"snapshot_fractions": ["abc"]}, "snapshot_fractions must be numbers"),
     ({"ema_rate": 1.5}, "ema_rate must be below 1"),
+    ({"data_workers": -1}, "data_workers must be a whole number ≥ 0"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
