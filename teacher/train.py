@@ -186,9 +186,9 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
         step += 1
         bar.update(1)
         if rank == 0:
-            scalars = {k: float(v.detach()) for k, v in terms.items() if v.dim() == 0}
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-            if step % config.log_every == 0 or step == last:
+            if step % config.log_every == 0 or step == last:  # reading a loss waits for the GPU: only here
+                scalars = {k: float(v.detach()) for k, v in terms.items() if v.dim() == 0}
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}")
                 for name, value in {**scalars, "grad_norm": float(grad_norm)}.items():
                     writer.add_scalar(f"train/{name}", value, step)
             if step % config.image_every == 0 or step == config.steps:
