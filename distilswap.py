@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.verbose:
         os.environ[VERBOSE] = "1"
-    configure_logging(bool(os.environ.get(VERBOSE)))
+    configure_logging(bool(os.environ.get(VERBOSE)), {name.split(".")[0] for name in STAGE_CLIS})
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
 
 VERBOSE = "DISTILSWAP_VERBOSE"
-OUR_PACKAGES = ("facekit", "experts", "teacher", "student", "distill", "export", "app", "pipeline")
 
 
-def configure_logging(verbose: bool) -> None:
-    """Our modules' info lines as plain messages; other libraries' only from WARNING up (onnxscript logs each
-    optimizer pass at INFO), all of them with --verbose."""
+def configure_logging(verbose: bool, packages: Iterable[str]) -> None:
+    """Info lines of our `packages` as plain messages; other libraries' only from WARNING up (onnxscript logs
+    each optimizer pass at INFO), all of them with --verbose."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
-    for name in OUR_PACKAGES:
+    for name in packages:
         logging.getLogger(name).setLevel(logging.INFO)
 
 

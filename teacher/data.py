@@ -38,7 +38,7 @@ class _SyntheticSteps(torch.utils.data.Dataset):
 
 
 class FaceSource:
-    """Batches of training faces. `batch(step_seed, n)` is a pure function of its seed for the synthetic
+    """Batches of training faces, one per step (`batches`): a pure function of the step's seed for the synthetic
     world; for a folder the indices come from the generator passed in (whose state checkpoints save)."""
 
     def __init__(self, data: str, size: int, split: str = "train"):

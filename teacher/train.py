@@ -111,8 +111,9 @@ def _check_values(config: TrainConfig, where: str) -> None:
 
 
 def data_workers(config: TrainConfig, device: torch.device, world: int) -> int:
-    """Rendering processes per rank: on CPU none (the cores train, and a 64² batch renders in ~2 % of a step);
-    on a GPU the host's spare cores, up to 8, since rendering a batch takes longer than a small UNet's step."""
+    """Rendering processes per rank: on CPU none (the cores train; a batch of 32 at 64² renders in 0.05 s
+    against a 1-14 s step); on a GPU the host's spare cores, up to 8, so the GPU does not wait on the
+    one-threaded renderer."""
     if config.data_workers is not None:
         return config.data_workers
     if device.type == "cpu":

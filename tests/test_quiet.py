@@ -5,7 +5,7 @@ import sys
 LOG_BOTH = """
 import logging
 from facekit.quiet import configure_logging
-configure_logging({verbose})
+configure_logging({verbose}, ["distill"])
 logging.getLogger("onnxscript.optimizer").info("third-party pass log")
 logging.getLogger("onnxscript").warning("third-party warning")
 logging.getLogger("distill.train").info("our progress line")
