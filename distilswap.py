@@ -17,21 +17,9 @@ STAGE_CLIS = ("facekit.cli", "experts.cli", "teacher.cli", "student.cli", "disti
               "pipeline.cli")
 
 DESCRIPTION = """\
-Mobile-ready face-swap distillation.
-
-  experts   train/inspect the frozen face experts (identity, parser, gaze)
-  world     the synthetic face world: previews, data sets, ground-truth swap sheets
-  identity  a source identity file (embedding + 7x7 map) from a photo or a data set sample
-  teacher   train the DiffFace teacher, sample guided swaps
-  pairs     write the teacher's paired swaps as shards
-  quality   train the quality regressor and score pairs
-  student   build / import (official MobileFaceSwap weights) / bake / inspect the student
-  distill   distil the student from scored pairs
-  export    ONNX, ORT, Core ML artifacts, with verification
-  bench     parameters, MACs, latency, peers side by side
-  swap      swap faces in photos and videos
-  run       the whole pipeline from a YAML config (make demo = run --config configs/demo.yaml)
-  report    the HTML/Markdown report of a run
+Mobile-ready face-swap distillation. The stages, in the order data flows through them:
+experts -> teacher -> pairs -> quality -> distill -> export -> bench / swap / evaluate.
+`distilswap run --config configs/demo.yaml` runs them all on the synthetic face world (that is `make demo`).
 
 Run `distilswap COMMAND --help` for each command's options."""
 
@@ -50,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"distilswap {project_version()}")
     parser.add_argument("--verbose", action="store_true",
                         help="let third-party libraries print their progress (e.g. coremltools' conversion passes)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module_name in STAGE_CLIS:
         importlib.import_module(module_name).register(subparsers)
     return parser
