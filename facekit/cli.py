@@ -1,5 +1,5 @@
-"""`distilswap world render|dataset|sheet|bench` (the synthetic face world) and `distilswap identity` (a source
-identity file)."""
+"""`distilswap world render|dataset|sheet|bench` (the synthetic face world), `distilswap faces` (a data set from
+photos) and `distilswap identity` (a source identity file)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ RAW = argparse.RawDescriptionHelpFormatter
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_world(subparsers)
+    _register_faces(subparsers)
     _register_identity(subparsers)
 
 
@@ -65,6 +66,29 @@ def _register_world(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_world_bench)
 
 
+def _register_faces(subparsers: argparse._SubParsersAction) -> None:
+    faces = subparsers.add_parser(
+        "faces", help="a face data set from a folder of photos (detect, align, crop, split by identity)",
+        formatter_class=RAW,
+        description="Turn photos into the data set format the synthetic world also writes, for `teacher train "
+        "--data`, `pairs generate --data`, `identity --dataset` and int8 calibration. Identities: "
+        "<identity>/*.jpg folders (VGGFace2-style) or one identity per file (flat, FFHQ-style). The largest face "
+        "of each photo is detected and aligned; photos without a usable face are listed in OUT/bad_files.txt. "
+        "An interrupted run resumes. Examples:\n"
+        "  distilswap faces --photos data/ffhq --out data/ffhq256 --resolution 256 --aligned\n"
+        "  distilswap faces --photos data/vggface2 --out data/vgg224 --resolution 224 --style arcface")
+    faces.add_argument("--photos", required=True, help="folder of photos (searched recursively)")
+    faces.add_argument("--out", required=True, help="data set directory to write (or resume)")
+    faces.add_argument("--resolution", type=int, default=256, help="crop size in pixels (default 256)")
+    faces.add_argument("--aligned", action="store_true",
+                       help="the photos are already aligned crops (FFHQ): resize only, no detection")
+    faces.add_argument("--style", choices=("ffhq", "arcface"), default="ffhq",
+                       help="alignment template: ffhq (the teacher's, default) or arcface (the student's crops)")
+    faces.add_argument("--test-fraction", type=float, default=0.05, dest="test_fraction",
+                       help="fraction of identities held out as the test split (default 0.05)")
+    faces.set_defaults(func=_faces)
+
+
 def _register_identity(subparsers: argparse._SubParsersAction) -> None:
     identity = subparsers.add_parser(
         "identity",
@@ -86,11 +110,11 @@ def _register_identity(subparsers: argparse._SubParsersAction) -> None:
     identity.set_defaults(func=_identity)
 
 
-def _check_size(size: int) -> None:
+def _check_size(size: int, flag: str = "--size") -> None:
     from facekit.errors import UserError
 
     if not 32 <= size <= 512:
-        raise UserError(f"--size {size} is out of range; use 32..512 (64..256 is typical)")
+        raise UserError(f"{flag} {size} is out of range; use 32..512 (64..256 is typical)")
 
 
 def _check_count(name: str, value: int, low: int = 1) -> None:
@@ -198,6 +222,23 @@ def _identity(args: argparse.Namespace) -> int:
         embedding, feature_map = identity_from_image(image, _KnownFaces([known]), args.embedder)
     save_identity(args.out, embedding, feature_map)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _faces(args: argparse.Namespace) -> int:
+    from facekit.errors import UserError
+    from facekit.world.folder_dataset import FolderDataset
+
+    _check_size(args.resolution, "--resolution")
+    if not Path(args.photos).is_dir():
+        raise UserError(f"--photos {args.photos}: no such folder")
+    if not 0 <= args.test_fraction < 1:
+        raise UserError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    dataset = FolderDataset.from_images(args.photos, args.out, resolution=args.resolution, aligned=args.aligned,
+                                        style=args.style, test_fraction=args.test_fraction)
+    test = sum(record.get("split", "train") == "test" for record in dataset.records)
+    print(f"wrote {args.out}: {len(dataset.records)} faces of {len(set(dataset.identities))} identities "
+          f"({test} in the test split)")
     return 0
 
 

@@ -93,7 +93,8 @@ def test_from_images_aligns_caches_embeddings_resumes_and_reports_bad_files(tmp_
     err = capsys.readouterr().err
     assert "2 of 4 images skipped" in err and "no face found" in err and "broken.jpg" in err
     info = json.loads((cache / "dataset.json").read_text())
-    assert info == {"format": FORMAT, "resolution": 64, "aligned": True, "num_samples": 2, "embedding_space": "irse-arcface"}
+    assert info == {"format": FORMAT, "resolution": 64, "aligned": True, "num_samples": 2, "alignment": "ffhq",
+                    "embedding_space": "irse-arcface"}
     sample = dataset[0]
     assert sample["image"].shape == (3, 64, 64) and sample["embedding"].shape == (512,)
     with torch.no_grad():
@@ -114,3 +115,23 @@ def test_flat_aligned_folder_gives_one_identity_per_file(tmp_path):
     assert dataset[2]["image"].shape == (3, 32, 32) and "landmarks5" not in dataset[2]
     with pytest.raises(UserError, match="no images"):
         FolderDataset.from_images(tmp_path / "empty", tmp_path / "c2")
+
+
+def test_faces_command_builds_resumes_and_refuses_other_crop_settings(tmp_path, capsys):
+    import distilswap
+
+    for identity in ("ann", "bob"):
+        for i in range(2):
+            write_image(tmp_path / "photos" / identity / f"{i}.png", np.full((40, 40, 3), 60 * i + 30, np.uint8))
+    argv = ["faces", "--photos", str(tmp_path / "photos"), "--out", str(tmp_path / "faces"), "--resolution", "32",
+            "--aligned", "--test-fraction", "0"]
+    assert distilswap.main(argv) == 0
+    assert "4 faces of 2 identities" in capsys.readouterr().out
+    dataset = FolderDataset(tmp_path / "faces", "train")
+    assert sorted(set(dataset.identities)) == ["ann", "bob"] and dataset[0]["image"].shape == (3, 32, 32)
+    assert distilswap.main(argv) == 0  # a rerun resumes: nothing is appended twice
+    assert (tmp_path / "faces" / "meta.jsonl").read_text().count("\n") == 4
+    before = (tmp_path / "faces" / "dataset.json").read_text()
+    assert distilswap.main(argv[:-4] + ["64", "--aligned"]) == 2  # other crop size into the same folder
+    assert "holds crops of 32 px" in capsys.readouterr().err
+    assert (tmp_path / "faces" / "dataset.json").read_text() == before

@@ -1,7 +1,7 @@
 """The on-disk face data set shared by real photos and the synthetic world.
 
     ROOT/dataset.json  {"format": "distilswap-faces/1", "resolution": int, "aligned": bool, "num_samples": int,
-                        optional "embedding_space": str}
+                        optional "embedding_space": str, optional "alignment": "ffhq"|"arcface"|"given" (photos)}
     ROOT/meta.jsonl    one JSON object per sample: {"image": "images/<identity>/<name>.png", "identity": str,
                         "split": "train"|"test", "landmarks5": [[x, y] x5] (pixels) or null,
                         optional "labels": "labels/<identity>/<name>.png" (uint8 BiSeNet class map),
@@ -39,7 +39,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: missing; not a {FORMAT} data set (build one with from_images)") from None
+        raise UserError(f"{path}: missing; not a {FORMAT} data set (build one from photos with `distilswap faces --photos DIR --out DIR`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
 
@@ -188,6 +188,11 @@ class FolderDataset(Dataset):
         cache.mkdir(parents=True, exist_ok=True)
         meta_path = cache / "meta.jsonl"
         records = read_meta(cache) if meta_path.is_file() else []
+        alignment = "given" if aligned else style
+        if records:
+            _check_same_crops(cache, resolution, alignment)
+        else:  # recorded first, so a resumed run can tell whether its crops would match these
+            write_dataset_json(cache, resolution, True, 0, alignment=alignment)
         done = {r["source"] for r in records if "source" in r}
         bad: dict[str, str] = {}
         if not aligned and detector is None:
@@ -207,7 +212,7 @@ class FolderDataset(Dataset):
                 meta.write(json.dumps(record) + "\n")
                 meta.flush()
                 records.append(record)
-        extra = {}
+        extra = {"alignment": alignment}
         if embedder is not None:
             extra["embedding_space"] = _cache_embeddings(cache, records, embedder, batch_size)
         write_dataset_json(cache, resolution, True, len(records), **extra)
@@ -222,6 +227,18 @@ class FolderDataset(Dataset):
         dataset = cls(cache)
         dataset.bad_files.update(bad)
         return dataset
+
+
+def _check_same_crops(cache: Path, resolution: int, alignment: str) -> None:
+    """A resumed build must cut its crops as the first run did: mixed sizes or templates would pass silently."""
+    path = cache / "dataset.json"
+    if not path.is_file():
+        return
+    info = _read_json(path)
+    was = (info.get("resolution"), info.get("alignment"))
+    if was != (resolution, alignment):
+        raise UserError(f"{cache} holds crops of {was[0]} px aligned by {was[1]!r}; asked for {resolution} px by "
+                        f"{alignment!r}: resume with the first settings or choose another --out")
 
 
 def _read_labels(path: Path) -> np.ndarray:
