@@ -91,8 +91,10 @@ def export_artifacts(
     int8 file (recorded with its value and bound) and the rest of the export still lands."""
     out = Path(out)
     check_destination(out, force, (checkpoint, source, calibration, embedder))
-    if "int8" in formats and calibration is None:
-        raise UserError("int8 needs real face crops to calibrate on: pass --calibration DIR (a folder of images)")
+    if "int8" in formats:
+        from export.quantize import require_calibration_folder
+
+        require_calibration_folder(calibration)
     model = load_student(checkpoint)
     resolution = resolution or model.config.resolution
     if resolution % 32:

@@ -25,9 +25,7 @@ def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -
     A `distilswap-faces/1` data set (real photos or the synthetic world) gives its aligned crops;
     any other folder gives its images (recursive, sorted), centre-cropped and resized.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"{directory}: calibration folder not found (pass --calibration DIR with face crops)")
+    directory = require_calibration_folder(directory)
     if (directory / "dataset.json").is_file():
         from facekit.world.folder_dataset import FolderDataset
 
@@ -41,6 +39,15 @@ def calibration_crops(directory: str | Path, resolution: int, limit: int = 64) -
     if len(crops) == 0:
         raise UserError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate int8 on")
     return crops.astype(np.float32), source
+
+
+def require_calibration_folder(directory: str | Path | None) -> Path:
+    """The --calibration folder, checked before an export spends minutes on the other formats."""
+    if directory is None:
+        raise UserError("int8 needs real face crops to calibrate on: pass --calibration DIR (a folder of images)")
+    if not Path(directory).is_dir():
+        raise UserError(f"{directory}: calibration folder not found (pass --calibration DIR with face crops)")
+    return Path(directory)
 
 
 def _folder_crops(directory: Path, resolution: int, limit: int) -> tuple[np.ndarray, str]:

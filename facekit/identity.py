@@ -9,6 +9,7 @@ Identity files are `.npz` or `.safetensors` holding `embedding` ([512] or [1,512
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,9 @@ def save_identity(path: str | Path, embedding: torch.Tensor, feature_map: torch.
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix.lower() == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+        # np.load would take it for a pickle and suggest loading it unsafely
+        raise UserError(f"{path}: not a readable identity file (not an .npz archive)")
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.numpy import load_file

@@ -32,7 +32,7 @@ def test_bad_identity_files_are_user_errors(tmp_path, arrays, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_identity(tmp_path / "x.npz")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="not a readable identity file"):
+    with pytest.raises(UserError, match=r"not a readable identity file \(not an \.npz archive\)"):
         load_identity(tmp_path / "broken.npz")
 
 
