@@ -38,7 +38,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="YAML file of training settings (command-line options override it)")
     train.add_argument("--out", help="run directory (checkpoints, snapshots, TensorBoard)")
     train.add_argument("--unet", help="UNet preset (official_256, reference_small, demo_64) or YAML file")
-    train.add_argument("--data", help="'synthetic' (rendered on the fly) or a folder data set")
+    train.add_argument("--data", help="'synthetic' (rendered on the fly) or a face data set folder (from photos: "
+                       "`distilswap faces --photos DIR --out DIR`)")
     _add_expert_args(train, guidance=False)
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
@@ -176,7 +177,8 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
                           help="lossless image encoding in the shards: png (fast) or webp (~35%% smaller at 256², "
                           "~12x slower to encode)")
     generate.add_argument("--data", default="synthetic",
-                          help="'synthetic' (default) or a facekit folder data set of aligned faces (diffface teacher)")
+                          help="'synthetic' (default) or a face data set folder, e.g. from `distilswap faces` (diffface "
+                          "teacher)")
     generate.add_argument("--out", required=True, help="data set directory")
     _add_expert_args(generate, guidance=True)
     _add_sampling_args(generate)
