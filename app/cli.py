@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from app.tracking import TrackerSettings
 
@@ -144,9 +145,14 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
     shown = tqdm(run.clock.timed(swapped, "encode: waiting"), total=info.frames or None, unit="frame", desc="swap")
     with run.clock.stage("encode: total"):
         write_video(args.out, shown, info.fps, audio_from=target, preset=args.x264_preset)
+    stats = tracker.stats
     if args.stats:
-        print(run.clock.table(tracker.stats.frames))
-        print(f"  key frames {tracker.stats.key_frames} (scene cuts {tracker.stats.cuts}, lost tracks {tracker.stats.lost})")
+        print(run.clock.table(stats.frames))
+        print(f"  key frames {stats.key_frames} (scene cuts {stats.cuts}, lost tracks {stats.lost}); "
+              f"faces in {stats.with_faces} of {stats.frames} frames")
+    if stats.with_faces == 0:
+        print(f"distilswap: warning: no face found in any of the {stats.frames} frames; {args.out} holds the video "
+              "re-encoded, without swaps", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -73,6 +73,7 @@ class TrackerStats:
     key_frames: int = 0
     cuts: int = 0
     lost: int = 0
+    with_faces: int = 0  # frames where at least one face was found
 
 
 class FaceTracker:
@@ -94,6 +95,7 @@ class FaceTracker:
             faces = self._detect(frame, gray)
         self.stats.frames += 1
         self.stats.cuts += cut
+        self.stats.with_faces += bool(faces)
         return faces
 
     def _scene_cut(self, gray: np.ndarray) -> bool:

@@ -96,6 +96,18 @@ def test_video_keeps_frame_count_size_and_audio(assets):
     assert dst.has_audio
 
 
+def test_a_video_without_faces_is_written_with_a_warning(assets, capsys):
+    av = pytest.importorskip("av")
+    root, checkpoint, identity, _ = assets
+    clip, out = root / "empty.mp4", root / "empty_swapped.mp4"
+    _write_clip_with_audio(av, clip, [np.full((64, 96, 3), 40 * i, np.uint8) for i in range(3)])
+    assert distilswap.main(["swap", "--model", str(checkpoint), "--source", str(identity), "--target", str(clip),
+                            "--out", str(out), "--stats"]) == 0
+    captured = capsys.readouterr()
+    assert "faces in 0 of 3 frames" in captured.out
+    assert "warning: no face found in any of the 3 frames" in captured.err and out.is_file()
+
+
 def _write_clip_with_audio(av, path, frames, fps=10):
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
