@@ -98,6 +98,8 @@ def _swap(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out} already exists; pass --force to overwrite it")
     if args.x264_preset not in X264_PRESETS:
         raise UserError(f"--x264-preset {args.x264_preset}: not one of {', '.join(X264_PRESETS)}")
+    if args.face_index is not None and args.face_index < 0:
+        raise UserError(f"--face-index {args.face_index}: faces are numbered from 0 (the largest)")
     if args.detect_every < 1 or args.detect_width < 32:
         raise UserError(f"--detect-every {args.detect_every} / --detect-width {args.detect_width}: need >= 1 and >= 32")
     detector = make_detector(args.models_dir)
@@ -110,7 +112,10 @@ def _swap(args: argparse.Namespace) -> int:
         _swap_video(args, target, detector, swapper)
     else:
         frame = read_image(target)
-        result, count = FaceSwapRun(detector.detect, swapper, face_index=args.face_index)(frame)
+        run = FaceSwapRun(detector.detect, swapper, face_index=args.face_index)
+        result, count = run(frame)
+        if count == 0 and run.found:
+            raise UserError(f"--face-index {args.face_index}: {target} has {run.found} face(s), numbered from 0 (largest)")
         if count == 0:
             raise UserError(f"{target}: no face found to swap")
         if args.compare:

@@ -124,6 +124,7 @@ class FaceSwapRun:
     face_index: int | None = None  # None: all faces, largest first
     smooth_rate: float | None = None  # frames per second for the One-Euro filter; None: no smoothing
     clock: StageClock = field(default_factory=StageClock)
+    found: int = field(default=0, init=False)  # faces detected in the last frame, before --face-index chose one
     _filters: dict[int, OneEuroFilter] = field(default_factory=dict)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
@@ -135,14 +136,21 @@ class FaceSwapRun:
 
         with self.clock.stage("detect/track"):
             faces = self.detector(frame)  # largest first: the FaceDetector contract
+        self.found = len(faces)
         if self.face_index is not None:
             faces = [faces[self.face_index]] if self.face_index < len(faces) else []
         prepared = Prepared(frame, [], [])
         with self.clock.stage("align"):
-            for slot, face in enumerate(faces):
+            # One filter per tracked face (untracked faces: per place in the list); a face that is gone takes
+            # its history with it, so another face never inherits it.
+            keys = [-1 - slot if face.track is None else face.track for slot, face in enumerate(faces)]
+            if self.smooth_rate:
+                self._filters = {key: self._filters[key] if key in self._filters else OneEuroFilter(self.smooth_rate)
+                                 for key in keys}
+            for key, face in zip(keys, faces):
                 landmarks = np.asarray(face.landmarks5, dtype=np.float64)
                 if self.smooth_rate:
-                    landmarks = self._filters.setdefault(slot, OneEuroFilter(self.smooth_rate))(landmarks)
+                    landmarks = self._filters[key](landmarks)
                 matrix = estimate_transform(landmarks, self.swapper.size, mode=getattr(self.swapper, "align_mode", ALIGN_MODE))
                 prepared.transforms.append(matrix)
                 prepared.crops.append(warp_face(frame, matrix, self.swapper.size))

@@ -48,6 +48,7 @@ class _Track:
     box_offsets: np.ndarray  # the detector's box (x0, y0, x1, y1) around the landmark centre, in spreads
     landmarks: np.ndarray  # [68, 2] on the last frame
     look: np.ndarray  # appearance at the key frame
+    number: int  # the face's track number, kept while re-detections find it where the track was
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))
 
     def box(self) -> np.ndarray:
@@ -57,14 +58,13 @@ class _Track:
         return np.concatenate([centre, centre]) + self.box_offsets * spread
 
 
-def _carried_velocity(centre: np.ndarray, spread: float, previous: list[_Track]) -> np.ndarray:
-    """A re-detected face keeps moving as its track did: its motion since the nearest earlier track, when that
-    is within one spread (zero for a new face)."""
-    moves = [centre - _landmark_frame(track.landmarks)[0] for track in previous]
-    nearest = min(moves, key=lambda m: float(np.linalg.norm(m)), default=None)
-    if nearest is None or np.linalg.norm(nearest) >= spread:
-        return np.zeros(2, np.float32)
-    return nearest.astype(np.float32)
+def _earlier_track(centre: np.ndarray, spread: float, previous: list[_Track]) -> _Track | None:
+    """The track a re-detected face continues: the nearest earlier one, when within one spread (None for a new
+    face). It is removed from `previous`, so two faces never continue the same track."""
+    distances = [float(np.linalg.norm(centre - _landmark_frame(track.landmarks)[0])) for track in previous]
+    if not distances or min(distances) >= spread:
+        return None
+    return previous.pop(int(np.argmin(distances)))
 
 
 @dataclass
@@ -85,6 +85,7 @@ class FaceTracker:
         self.tracks: list[_Track] = []
         self.stats = TrackerStats()
         self._thumb: np.ndarray | None = None
+        self._numbers = 0  # track numbers handed out
 
     def __call__(self, frame: np.ndarray) -> list[Face]:
         gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
@@ -92,7 +93,7 @@ class FaceTracker:
         key = not self.tracks or cut or self.stats.frames % self.settings.every == 0
         faces = None if key else self._follow(gray)
         if faces is None:
-            faces = self._detect(frame, gray)
+            faces = self._detect(frame, gray, continue_tracks=not cut)
         self.stats.frames += 1
         self.stats.cuts += cut
         self.stats.with_faces += bool(faces)
@@ -104,21 +105,28 @@ class FaceTracker:
         previous, self._thumb = self._thumb, thumb
         return previous is not None and float(np.abs(thumb - previous).mean()) > self.settings.cut
 
-    def _detect(self, frame: np.ndarray, gray: np.ndarray) -> list[Face]:
+    def _detect(self, frame: np.ndarray, gray: np.ndarray, continue_tracks: bool = True) -> list[Face]:
+        """Faces found anew. One found where an earlier track was continues it (its number, its motion) unless
+        the scene has cut."""
         self.stats.key_frames += 1
         scale = min(1.0, self.settings.detect_width / frame.shape[1])
         small = frame if scale == 1.0 else cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        faces, previous, self.tracks = [], self.tracks, []
+        faces, previous, self.tracks = [], (self.tracks if continue_tracks else []), []
         for found in self.detector.detect(small):
             box = found.bbox / scale
             points = self.predictor(gray, box)  # refined at full resolution
             centre, spread = _landmark_frame(points)
             offsets = (box - np.concatenate([centre, centre])) / spread
             landmarks5 = landmarks68_to_5(points)
-            track = _Track(offsets, points, _appearance(gray, landmarks5))
-            track.velocity = _carried_velocity(centre, spread, previous)
+            earlier = _earlier_track(centre, spread, previous)
+            if earlier is None:
+                self._numbers += 1
+            number = self._numbers if earlier is None else earlier.number
+            track = _Track(offsets, points, _appearance(gray, landmarks5), number)
+            if earlier is not None:  # it keeps moving as it did
+                track.velocity = (centre - _landmark_frame(earlier.landmarks)[0]).astype(np.float32)
             self.tracks.append(track)
-            faces.append(Face(box.astype(np.float32), found.score, landmarks5, points))
+            faces.append(Face(box.astype(np.float32), found.score, landmarks5, points, track=number))
         return faces
 
     def _follow(self, gray: np.ndarray) -> list[Face] | None:
@@ -133,5 +141,5 @@ class FaceTracker:
                 return None
             track.velocity = _landmark_frame(points)[0] - _landmark_frame(track.landmarks)[0]
             track.landmarks = points
-            faces.append(Face(box.astype(np.float32), 1.0, landmarks5, points))
+            faces.append(Face(box.astype(np.float32), 1.0, landmarks5, points, track=track.number))
         return faces

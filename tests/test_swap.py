@@ -76,6 +76,10 @@ def test_compare_and_refusals(assets, capsys):
     assert distilswap.main(["swap", "--model", str(checkpoint), "--source", str(identity), "--target", str(blank), "--out", str(root / "x.png")]) == 2
     assert "no face found" in capsys.readouterr().err
     assert not (root / "x.png").exists()
+    for index, message in (("-1", "numbered from 0"), ("99", "has 6 face(s)")):
+        assert distilswap.main(["swap", "--model", str(checkpoint), "--source", str(identity), "--target", str(GROUP),
+                                "--out", str(root / "x.png"), "--face-index", index]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_video_keeps_frame_count_size_and_audio(assets):

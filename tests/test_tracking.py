@@ -57,7 +57,7 @@ def test_tracked_landmarks_stay_within_2_px_of_per_frame_detection(detector, fac
     errors = []
     for frame in clip:
         faces = tracker(frame)
-        assert len(faces) == 1
+        assert len(faces) == 1 and faces[0].track == 1  # the key frame's re-detection continues the track
         errors.append(_error_px(faces, detector.detect(frame)))
     assert tracker.stats.key_frames == 2 and tracker.stats.lost == 0
     assert max(errors) <= 2.0, errors
@@ -71,6 +71,7 @@ def test_a_scene_cut_and_a_vanished_face_bring_detection_back(detector, face_pat
         assert len(tracker(frame)) == 1
     faces = tracker(second[0])
     assert tracker.stats.cuts == 1 and tracker.stats.key_frames == 2
+    assert faces[0].track == 2  # after a cut a face starts a track of its own
     assert _error_px(faces, detector.detect(second[0])) <= 2.0
     background = face_patch[1]
     assert tracker(background) == []  # the face is gone (a cut here too: detected, nothing found)
@@ -87,6 +88,26 @@ def test_a_face_covered_while_tracked_is_reported_lost(detector, face_patch):
     x0, y0, x1, y1 = tracker.tracks[0].box().astype(int)
     covered[max(y0, 0) : y1, max(x0, 0) : x1] = np.random.default_rng(0).integers(0, 256, (y1 - max(y0, 0), x1 - max(x0, 0), 3))
     assert tracker(covered) == [] and tracker.stats.lost == 1
+
+
+def test_smoothing_follows_each_tracked_face_when_their_order_changes():
+    from app.swap import FaceSwapRun
+    from facekit.faces.align import estimate_transform, template_points
+    from facekit.faces.detect import Face
+
+    template = template_points(224, "arcface")
+    left, right = template * 0.5 + [100, 200], template * 0.5 + [500, 200]
+    frames = [[(left, 1), (right, 2)]] * 3 + [[(right, 2), (left, 1)]]  # the largest-first order flips
+    faces = iter([[Face(np.zeros(4), 1.0, points, track=track) for points, track in frame] for frame in frames])
+
+    class Swapper:
+        size = 224
+
+    run = FaceSwapRun(lambda frame: next(faces), Swapper(), smooth_rate=30.0)
+    for _ in frames:
+        prepared = run.prepare(np.zeros((480, 800, 3), np.uint8))
+    for matrix, (points, _) in zip(prepared.transforms, frames[-1]):  # each face still aligned where it is
+        assert np.abs(matrix - estimate_transform(points, 224, mode="affine")).max() < 1e-6
 
 
 def test_read_ahead_passes_items_in_order_raises_producer_errors_and_stops_with_the_consumer():

@@ -23,6 +23,7 @@ class Face:
     score: float
     landmarks5: np.ndarray  # [5, 2] (x, y) in pixels
     landmarks68: np.ndarray | None = None  # [68, 2] when the backend gives them (gaze eye boxes)
+    track: int | None = None  # in a video, the same number for the same face from frame to frame
 
 
 class FaceDetector(Protocol):
