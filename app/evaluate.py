@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,7 +47,7 @@ def list_pairs(sources: str | Path | None, targets: str | Path | None, pairs_csv
     """Every source with every target (photos, or `frames` frames spread evenly over each target video), or
     the rows (source, target) of a CSV."""
     from facekit.faces.imageio import IMAGE_SUFFIXES
-    from facekit.faces.video import VIDEO_SUFFIXES, video_info
+    from facekit.faces.video import VIDEO_SUFFIXES, count_frames, video_info
 
     if pairs_csv:
         rows = [r for r in csv.reader(Path(pairs_csv).read_text().splitlines()) if r and not r[0].startswith("#")]
@@ -63,8 +63,9 @@ def list_pairs(sources: str | Path | None, targets: str | Path | None, pairs_csv
     pairs = []
     for source, target in raw:
         if target.suffix.lower() in VIDEO_SUFFIXES:
-            count = max(video_info(target).frames, 1)
-            picks = sorted({int(round(i * (count - 1) / max(frames - 1, 1))) for i in range(min(frames, count))})
+            count = video_info(target).frames or count_frames(target)  # mkv/webm declare no count
+            n = min(frames, count)
+            picks = sorted({int(round(i * (count - 1) / max(n - 1, 1))) for i in range(n)})
             pairs += [EvalPair(source, target, k) for k in picks]
         else:
             pairs.append(EvalPair(source, target))
@@ -151,7 +152,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     out.mkdir(parents=True, exist_ok=True)
     recognizer = DlibRecognizer()
     predictor = landmark_predictor(detector)
-    faces = _FaceCache(detector, recognizer, pairs)
+    faces = _FaceCache(detector, recognizer, predictor, pairs)
     skipped: list[dict] = []
     usable = []
     for pair in pairs:
@@ -165,6 +166,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     gallery = {path: faces.source(path)[2] for path in dict.fromkeys(p.source for p in usable)}
     judges = {name: _Judge(embedder, {path: faces.source(path)[:2] for path in gallery})
               for name, embedder in (recognizers or {}).items()}
+    slugs = {name: _slug(name) for name in models}
     rows: list[dict] = []
     sheet: list[list[np.ndarray]] = []
     features: dict[str, list[np.ndarray]] = {name: [] for name in ["target faces", *models]}
@@ -178,11 +180,13 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
                 out / "cache" / "target_faces" / f"{target_key}.inception.npy",
                 lambda: inception([_face_tile(target, target_face, FID_CROP)])[0]))
         for name, swap in models.items():
-            cached = out / "cache" / _slug(name) / f"{pair.key}.json"
+            cached = out / "cache" / slugs[name] / f"{pair.key}.json"
             result = None
-            if cached.is_file() and (inception is None or cached.with_suffix(".inception.npy").is_file()):
-                row = json.loads(cached.read_text())
-            else:
+            row = json.loads(cached.read_text()) if cached.is_file() else {}
+            # a cached row serves when it has every judge asked for this time (and the features, for FID)
+            reusable = bool(row) and all(f"{judge}_cos_source" in row for judge in judges) and (
+                inception is None or cached.with_suffix(".inception.npy").is_file())
+            if not reusable:
                 result = np.ascontiguousarray(swap(source, source_face, target, target_face), dtype=np.uint8)
                 row = _score(result, pair, target, target_face, target_descriptor, gallery, recognizer, predictor)
                 landmarks5 = row.pop("_landmarks5")
@@ -206,9 +210,17 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     videos = sorted({(p.source, p.target) for p in usable if p.frame is not None})
     if videos and temporal_frames > 1:
         for name, swap in models.items():
-            scores = [temporal_stability(swap, faces.source(s)[:2], t, detector, predictor, temporal_frames)
-                      for s, t in videos]
-            summary[name].update({k: float(np.mean([v[k] for v in scores])) for k in scores[0]})
+            scores = []
+            for source, video in videos:
+                score = temporal_stability(swap, faces.source(source)[:2], video, detector, predictor, temporal_frames)
+                if score is None:
+                    skipped.append({"source": str(source), "target": str(video), "frame": None,
+                                    "reason": f"{video.name}: fewer than 2 consecutive frames with a face, "
+                                              f"no temporal stability for {name}"})
+                else:
+                    scores.append(score)
+            if scores:
+                summary[name].update({k: float(np.mean([v[k] for v in scores])) for k in scores[0]})
     fid = "skipped: no Inception weights given (--inception FILE; nothing is downloaded)"
     if inception is not None:
         from app.fid import frechet_distance
@@ -243,8 +255,8 @@ class _FaceCache:
     """Each photo read, its largest face found and described once; each target video decoded once, in one pass
     that keeps the frames the pairs name."""
 
-    def __init__(self, detector, recognizer, pairs: Sequence[EvalPair]):
-        self.detector, self.recognizer = detector, recognizer
+    def __init__(self, detector, recognizer, predictor, pairs: Sequence[EvalPair]):
+        self.detector, self.recognizer, self.predictor = detector, recognizer, predictor
         self._faces: dict[tuple, tuple | str] = {}
         self._wanted: dict[Path, set[int]] = {}
         for pair in pairs:
@@ -278,10 +290,12 @@ class _FaceCache:
                 self._faces[key] = str(err)
                 return self._faces[key]
             found = self.detector.detect(image)
-            if not found or found[0].landmarks68 is None:
+            if not found:
                 self._faces[key] = f"{path.name}{'' if frame is None else f' frame {frame}'}: no face found"
             else:
                 face = found[0]
+                if face.landmarks68 is None:  # detectors with 5 points only (SCRFD): the judges need all 68
+                    face = replace(face, landmarks68=self.predictor(image, face.bbox))
                 self._faces[key] = (image, face, self.recognizer.descriptor(image, face.bbox, face.landmarks68))
         return self._faces[key]
 
@@ -348,8 +362,9 @@ class _Judge:
 
 
 def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path, detector, predictor,
-                       frames: int) -> dict[str, float]:
-    """On the first `frames` consecutive frames of a target video, tracked as `distilswap swap` tracks them:
+                       frames: int) -> dict[str, float] | None:
+    """On the first `frames` consecutive frames with a face of a target video (None when it has fewer than
+    2), tracked as `distilswap swap` tracks them:
     landmark jitter (how much more the result's 68 landmarks move from frame to frame than the input's, in
     face widths) and warp error (the result warped by the input's own optical flow against its next frame,
     in the face, beyond the input's own warp error)."""
@@ -363,6 +378,8 @@ def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path,
     inputs, outputs, widths = [], [], []
     for image in iter_frames(video):
         faces = tracker(image)
+        if not faces and not inputs:  # the face has not come into view yet
+            continue
         if not faces:
             break
         result = np.ascontiguousarray(swap(source[0], source[1], image, faces[0]), dtype=np.uint8)
@@ -372,7 +389,7 @@ def temporal_stability(swap: Swap, source: tuple[np.ndarray, Face], video: Path,
         if len(inputs) == frames:
             break
     if len(inputs) < 2:
-        raise UserError(f"{video}: fewer than 2 consecutive frames with a face; no temporal stability to measure")
+        return None
     jitter, warp = [], []
     for t in range(len(inputs) - 1):
         moves_in = inputs[t + 1][1] - inputs[t][1]
@@ -447,4 +464,9 @@ def _face_tile(image: np.ndarray, face: Face, size: int = 128) -> np.ndarray:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:] + "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    """The cache folder of a model: its name, and the size and time of its files when it is a path, so a model
+    retrained in place is scored again rather than read from the last run's cache."""
+    path = Path(name)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    stamp = name + "".join(f"|{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-60:] + "-" + hashlib.sha256(stamp.encode()).hexdigest()[:6]

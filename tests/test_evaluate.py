@@ -133,6 +133,36 @@ def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(phot
     assert "landmark jitter" in (tmp_path / "eval" / "results.md").read_text()
 
 
+def test_late_faces_five_point_detectors_and_videos_without_a_frame_count(photos, tmp_path):
+    import av
+    from dataclasses import replace
+
+    from facekit.faces.video import write_video
+
+    patch = read_image(photos / "targets" / "person0.png")
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "late.mp4", [np.full_like(patch, 90)] * 2 + [patch] * 4, 10)  # face from frame 2
+
+    class FivePoints:  # like insightface's SCRFD: boxes and 5 landmarks, no 68
+        def detect(self, image):
+            return [replace(face, landmarks68=None) for face in DlibDetector().detect(image)]
+
+    pairs = list_pairs(photos / "sources", tmp_path / "videos", None, frames=3)
+    report = evaluate({"target": no_swap}, pairs, tmp_path / "eval", FivePoints(), progress=False, temporal_frames=3)
+    assert report["pairs"] == 6 and report["models"]["target"]["landmark_jitter"] == 0  # measured from frame 2 on
+    assert {s["frame"] for s in report["skipped"]} == {0}  # the faceless first frame, listed
+
+    with av.open(str(tmp_path / "clip.mkv"), "w") as container:  # Matroska declares no frame count
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(24):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    (tmp_path / "mkv").mkdir()
+    (tmp_path / "clip.mkv").rename(tmp_path / "mkv" / "clip.mkv")
+    assert sorted({p.frame for p in list_pairs(photos / "sources", tmp_path / "mkv", None, frames=4)}) == [0, 8, 15, 23]
+
+
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     """A torchvision Inception-v3 state dict as a user would have one on disk (random weights, BatchNorm

@@ -52,6 +52,19 @@ def video_info(path: str | Path) -> VideoInfo:
         return VideoInfo(Fraction(fps), stream.codec_context.width, stream.codec_context.height, stream.frames, bool(container.streams.audio))
 
 
+def count_frames(path: str | Path) -> int:
+    """Frames of the first video stream, counted from its packets (no decoding), for containers that do not
+    declare the count."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise UserError(f"{path}: has no video stream")
+        try:
+            return sum(packet.size > 0 for packet in container.demux(video=0))
+        except av.FFmpegError as err:
+            raise UserError(f"{path}: unreadable video ({err})") from None
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Decoded frames as HxWx3 uint8 RGB, in presentation order."""
     path = Path(path)
