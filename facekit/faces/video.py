@@ -149,15 +149,18 @@ def write_video(
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": preset}
             soundtrack = _Soundtrack(Path(audio_from), output) if audio_from is not None else None
-            for image in _chain(first, iterator):
-                if image.shape[:2] != (height, width):
-                    raise UserError(f"{path}: frame of size {image.shape[:2]} after frames of {(height, width)}")
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width], dtype=np.uint8), format="rgb24")
-                output.mux(stream.encode(frame))
-            output.mux(stream.encode(None))
-            if soundtrack is not None:
-                soundtrack.mux(output)
-                soundtrack.close()
+            try:
+                for image in _chain(first, iterator):
+                    if image.shape[:2] != (height, width):
+                        raise UserError(f"{path}: frame of size {image.shape[:2]} after frames of {(height, width)}")
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width], dtype=np.uint8), format="rgb24")
+                    output.mux(stream.encode(frame))
+                output.mux(stream.encode(None))
+                if soundtrack is not None:
+                    soundtrack.mux(output)
+            finally:  # the source's container is closed on errors and interruptions too
+                if soundtrack is not None:
+                    soundtrack.close()
 
     return atomic_write(path, encode)
 
