@@ -85,8 +85,9 @@ def write_shard(root: Path, index: int, pairs: dict[str, torch.Tensor], manifest
     records = []
     for row in range(int(pairs["pair_index"].numel())):
         snapshot = int(pairs["snapshot"][row])
-        identity = pairs["source_identity"][row] if "source_identity" in pairs else pairs["pair_index"][row]
-        records.append({"pair_index": int(pairs["pair_index"][row]), "identity": str(int(identity)),
+        # a data set's person, or (the synthetic world, every source a new person) the pair itself
+        identity = pairs["source_identity"][row] if "source_identity" in pairs else str(int(pairs["pair_index"][row]))
+        records.append({"pair_index": int(pairs["pair_index"][row]), "identity": identity,
                         "snapshot": snapshot, "snapshot_id": snapshots[snapshot]["id"],
                         "fraction": float(pairs["fraction"][row]), "id_similarity": float(pairs["id_similarity"][row])})
     images = {k: _to_uint8(v) for k, v in pairs.items() if k in IMAGE_KEYS}

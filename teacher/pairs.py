@@ -29,6 +29,7 @@ class PairJob:
     target_landmarks: torch.Tensor
     truth: torch.Tensor | None = None
     truth_mask: torch.Tensor | None = None
+    source_identity: list[str] | None = None  # a data set's labels; the synthetic world's sources are all new
 
 
 class Teacher(Protocol):
@@ -94,7 +95,7 @@ def folder_job(dataset, seed: int, count: int) -> PairJob:
     landmarks = torch.stack([item["landmarks5"] if item.get("landmarks5") is not None else template
                              for item in tgt_items])
     return PairJob(torch.stack([item["image"] for item in src_items]), torch.stack([item["image"] for item in tgt_items]),
-                   landmarks)
+                   landmarks, source_identity=[identities[i] for i in sources])
 
 
 class OracleTeacher:
@@ -318,4 +319,6 @@ def _make_shard(teacher: Teacher, experts, job: PairJob, k: int, shard_size: int
              "pair_index": keep.long() + k * shard_size}
     if job.truth is not None:
         pairs["truth"] = job.truth[keep]
+    if job.source_identity is not None:  # the held-out split is by person: photos of one never straddle it
+        pairs["source_identity"] = [job.source_identity[i] for i in keep.tolist()]
     return pairs, drops

@@ -174,6 +174,8 @@ def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
     data = PairDataset(tmp_path / "pairs")
     assert read_manifest(tmp_path / "pairs")["data"] == str(faces)
     assert all(float(item["fraction"]) == 0.5 and item["snapshot_id"] == "t1" for item in data)
+    # each pair records its source's person, so the held-out split keeps all photos of one person on one side
+    assert {record["identity"] for record in data.records} <= {"ann", "ben"}
     with pytest.raises(UserError, match="oracle"):
         generate_pairs(tmp_path / "o", OracleTeacher(), experts, total=3, image_size=32, data=str(faces))
 
