@@ -21,7 +21,7 @@ from torch.utils.data import default_collate
 from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
 from facekit.files import atomic_write
-from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
+from facekit.resume import DamagedState, InterruptFlag, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, Dist, native_bf16, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
@@ -262,6 +262,7 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
     bar = tqdm(total=config.steps, initial=run.step, desc="distill", unit="step", disable=not (progress and dist.main))
     next_batch = training_batches(run.train, config.batch_size, config.seed, run.step, dist.rank, dist.world,
                                   config.stream, config.stream_workers)
+    interrupted = InterruptFlag()
     try:
         while run.step < config.steps:
             batch = _to_device(default_collate(next_batch()), dist.device)
@@ -286,16 +287,17 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
                 recalibrate_batchnorm(run.ema.model, embedder, run.train, config, run.resolution, dist.device)
                 save_grid(run.ema.model, embedder, preview, run_dir / "samples" / f"step_{run.step:07d}.png",
                           run.resolution)
-            if dist.main and (run.step % config.checkpoint_every == 0 or run.step == config.steps):
+            if dist.main and (run.step % config.checkpoint_every == 0 or run.step == config.steps or interrupted.raised):
                 _save_checkpoint(run_dir, student, run.ema, run.optimizer, run.scaler, run.step, config)
-    except KeyboardInterrupt:
-        if dist.main:
-            _save_checkpoint(run_dir, student, run.ema, run.optimizer, run.scaler, run.step, config)
-        raise
+            if interrupted.raised:
+                break
     finally:
+        interrupted.restore()
         bar.close()
         if writer is not None:
             writer.close()
+    if interrupted.raised:
+        raise KeyboardInterrupt
 
 
 def _log_scalars(writer, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], a: torch.Tensor, step: int) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import pickle
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -65,3 +67,21 @@ def load_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str
 def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
     """'key old → new' for each of `keys` that differs (a key the saved run did not have is not a change)."""
     return [f"{k} {saved[k]!r} → {current[k]!r}" for k in keys if k in saved and saved[k] != current[k]]
+
+
+class InterruptFlag:
+    """Ctrl-C lets the current step finish and be checkpointed (a step cut in half could not resume exactly):
+    the loop checks `raised` after each step, saves, stops, and raises KeyboardInterrupt itself."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

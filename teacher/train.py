@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import torch.distributed as dist
 from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 from facekit.files import atomic_write_text
-from facekit.resume import DamagedState, changed_settings, load_state, restore_rng, rng_state, save_state
+from facekit.resume import (DamagedState, InterruptFlag, changed_settings, load_state, restore_rng, rng_state,
+                            save_state)
 from facekit.training import EMA, native_bf16, setup_distributed
 
 from .checkpoint import read_metadata, save_weights
@@ -173,7 +172,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
 
     bar = tqdm(total=config.steps, initial=step, desc="teacher train", unit="step", disable=rank != 0)
     model.train()
-    interrupted = _InterruptFlag()
+    interrupted = InterruptFlag()
     batches = faces.batches(range(step, last), config.batch_size, config.seed, world, rank, data_rng,
                             data_workers(config, device, world), pin_memory=device.type == "cuda")
     for images in batches:
@@ -213,23 +212,6 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
         dist.barrier()
     ddp.close()
     return out
-
-
-class _InterruptFlag:
-    """Ctrl-C finishes the current step and checkpoints it (a step cut in half could not resume exactly)."""
-
-    def __init__(self):
-        self.raised = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, x0: torch.Tensor,

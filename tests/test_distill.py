@@ -151,6 +151,36 @@ def test_resume_continues_exactly(pairs, embedder, tmp_path):
             assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_ctrl_c_mid_step_finishes_the_step_and_resumes_exactly(pairs, embedder, tmp_path, monkeypatch):
+    import signal
+
+    from facekit.training import EMA
+
+    config = DistillConfig(steps=3, reweight="off", **{**TINY, "checkpoint_every": 10})
+    distill(pairs, embedder, None, config, tmp_path / "a", progress=False)
+    update = EMA.update
+
+    def interrupted_in_step_two(self, model, *args):
+        if not hasattr(self, "calls"):
+            self.calls = 0
+        self.calls += 1
+        if self.calls == 2:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C after the optimizer step, before the step is counted
+        return update(self, model, *args)
+
+    monkeypatch.setattr(EMA, "update", interrupted_in_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        distill(pairs, embedder, None, config, tmp_path / "b", progress=False)
+    monkeypatch.setattr(EMA, "update", update)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 2  # the step was finished
+    distill(pairs, embedder, None, config, tmp_path / "b", progress=False)
+    state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for key in ("student", "ema"):
+        for name, value in state_a[key].items():
+            assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after the interrupted run resumed"
+
+
 def test_refuses_mismatched_inputs(pairs, embedder, tmp_path):
     config = DistillConfig(steps=1, **TINY)
     with pytest.raises(UserError, match="run `distilswap quality score` first"):
