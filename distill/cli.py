@@ -111,13 +111,17 @@ def quality_train(args: argparse.Namespace) -> int:
 
     from distill.data import open_pairs
     from distill.quality import QualityConfig, save_quality, train_quality
+    from facekit.errors import UserError
+    from facekit.files import atomic_write_text
 
-    pairs = open_pairs(args.pairs)
+    if Path(args.out).suffix != ".safetensors":  # its report goes beside it, as .json
+        raise UserError(f"--out {args.out}: name the model file .safetensors")
     config = QualityConfig(input_size=args.input_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            val_fraction=args.val_fraction, seed=args.seed, stream=args.stream)
+    pairs = open_pairs(args.pairs)
     model, report = train_quality(pairs, config, args.imagenet_weights, device=_device(args.device))
     path = save_quality(model, args.out, pairs.resolution, report)
-    Path(path).with_suffix(".json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(Path(path).with_suffix(".json"), json.dumps(report, indent=1))
     val = report["val"]
     print(f"{path}: val (held-out identities, {val['count']} pairs) MAE {val['mae']:.4f} "
           f"Spearman {val['spearman']:.3f}")

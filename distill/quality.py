@@ -33,6 +33,13 @@ class QualityConfig:
     seed: int = 0
     stream: bool = False  # read training pairs as a stream from the shards (always, for sets larger than memory)
 
+    def __post_init__(self) -> None:
+        if self.input_size < 32 or self.steps < 1 or self.batch_size < 2:
+            raise UserError(f"--input-size must be ≥ 32, --steps ≥ 1 and --batch-size ≥ 2 (BatchNorm), got "
+                            f"{self.input_size}, {self.steps} and {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise UserError(f"--lr must be > 0 and weight decay ≥ 0, got {self.lr} and {self.weight_decay}")
+
 
 class QualityRegressor(nn.Module):
     """ResNet-18 with a one-unit head and a sigmoid (the target is a fraction). Input: RGB [0,1], any size."""
@@ -102,6 +109,9 @@ def train_quality(pairs: PairList, config: QualityConfig, imagenet_weights: str 
     torch.manual_seed(config.seed)
     train_idx, val_idx = split_by_identity(pairs.identities, config.val_fraction, config.seed)
     train, val = pairs.subset(train_idx), pairs.subset(val_idx)
+    if len(train) < 2:
+        raise UserError(f"{len(train)} training pair(s) after holding out {len(val)}: lower --val-fraction or "
+                        "generate more pairs")
     model = QualityRegressor(config.input_size)
     init = load_imagenet(model, imagenet_weights)
     model.to(device)

@@ -55,6 +55,6 @@ def test_damaged_shard_is_refused_with_reason(pair_dir, tmp_path, capsys):
     shutil.copytree(pair_dir, broken)
     shard = sorted((broken / "shards").glob("*.tar"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
-    assert main(["quality", "train", "--pairs", str(broken), "--out", str(tmp_path / "q.st")]) == 2
+    assert main(["quality", "train", "--pairs", str(broken), "--out", str(tmp_path / "q.safetensors")]) == 2
     err = capsys.readouterr().err
     assert f"{shard.name} is damaged: delete it and rerun" in err and len(err.strip().splitlines()) == 1
