@@ -141,11 +141,22 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
 
 
+def read_json(path: Path, remedy: str) -> dict:
+    """A JSON file of the data set, or one line naming it and how to recover when it was damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: damaged, not valid JSON ({err}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: damaged, expected a JSON object; {remedy}")
+    return data
+
+
 def read_manifest(root: str | Path) -> dict:
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{root} is not a pairs data set (no manifest.json): create one with `distilswap pairs generate`")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "write the pairs again with `distilswap pairs generate` into a new --out")
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} manifest (format {manifest.get('format')!r})")
     if manifest.get("version") == 1:
@@ -162,10 +173,18 @@ def finished_shards(root: str | Path) -> dict[str, dict]:
     """Shards listed as finished by any rank (and present on disk)."""
     done = {}
     for progress in sorted((Path(root) / "progress").glob("rank-*.json")):
-        for name, info in json.loads(progress.read_text())["shards"].items():
+        for name, info in read_progress(progress)["shards"].items():
             if shard_path(root, name).is_file():
                 done[name] = info
     return done
+
+
+def read_progress(path: Path) -> dict:
+    """One rank's record of its finished shards."""
+    progress = read_json(path, "delete it and rerun `distilswap pairs generate`: that rank's shards are written again")
+    if not isinstance(progress.get("shards"), dict):
+        raise UserError(f"{path}: damaged, no 'shards' record; delete it and rerun `distilswap pairs generate`")
+    return progress
 
 
 def shard_intact(root: str | Path, name: str, info: dict) -> bool:

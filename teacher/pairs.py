@@ -3,7 +3,6 @@ exact swaps, or a folder of faces), the teachers (oracle, DiffFace snapshots, an
 sharded, resumable generation loop spread over torchrun ranks."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -14,8 +13,8 @@ from typing import Protocol
 import torch
 
 from facekit.errors import UserError
-from facekit.pairs import (FORMAT, VERSION, check_destination, claim, clear_temporaries, finished_shards, shard_intact,
-                           shard_name, shard_path, write_json, write_shard)
+from facekit.pairs import (FORMAT, VERSION, check_destination, claim, clear_temporaries, finished_shards, read_progress,
+                           shard_intact, shard_name, shard_path, write_json, write_shard)
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +236,15 @@ def generate_pairs(root: str | Path, teacher: Teacher, experts, total: int, shar
     claim(root, manifest)
     lock = _lock(root / "progress" / f".lock-rank-{rank:05d}")  # held until this process ends
     progress_path = root / "progress" / f"rank-{rank:05d}.json"
-    mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
+    mine = read_progress(progress_path) if progress_path.is_file() else {"shards": {}}
     mine_shards = [k for k in range(num_shards) if k % world == rank]
     for k in mine_shards:  # writes this rank was killed in
         clear_temporaries(root, shard_name(k))
     done = finished_shards(root)
-    for name in [n for n in done if not shard_intact(root, n, done[n])]:
+    mine_names = {shard_name(k) for k in mine_shards}  # each rank checks its own: no two delete one shard
+    for name in [n for n in done if n in mine_names and not shard_intact(root, n, done[n])]:
         log.warning("%s is damaged: writing it again", shard_path(root, name))
-        shard_path(root, name).unlink()
+        shard_path(root, name).unlink(missing_ok=True)
         del done[name]
     todo = [k for k in mine_shards if shard_name(k) not in done]
     own_total = sum(min(shard_size, total - k * shard_size) for k in mine_shards)

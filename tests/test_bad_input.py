@@ -41,6 +41,7 @@ CASES = [
     (["pairs", "generate", "--total", "4", "--out", "{d}"], "already holds other files"),
     (["pairs", "generate", "--total", "4", "--teacher", "diffface", "--out", "{d}/p"], "needs --snapshots"),
     (["pairs", "info", "{d}"], "not a pairs data set"),
+    (["pairs", "info", "{d}/damaged"], "damaged, not valid JSON"),
     (["pairs", "convert", "{d}", "--out", "{d}/v2"], "not a pairs data set"),
     (["pairs", "bench", "--out", "{d}"], "is not empty"),
     (["pairs", "bench", "--out", "{d}/b", "--workers", "0"], "--workers [0]"),
@@ -103,6 +104,8 @@ def _user_files(d: Path) -> None:
     (d / "junk.pt").write_bytes(b"not a pickle")
     (d / "junk.npz").write_bytes(b"not a zip")
     (d / "experts").mkdir()
+    (d / "damaged").mkdir()
+    (d / "damaged" / "manifest.json").write_text('{"format": "distilswap-pair')  # cut short
     from facekit.faces.imageio import write_image
     import numpy as np
 

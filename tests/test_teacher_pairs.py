@@ -293,6 +293,13 @@ def test_a_damaged_shard_is_named_and_the_rerun_writes_it_again(tmp_path):
         PairDataset(tmp_path)
     generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
     assert shard.read_bytes() == good and pair_indices(tmp_path) == list(range(8))
+    progress = tmp_path / "progress" / "rank-00000.json"
+    progress.write_text(progress.read_text()[:20])  # the record of finished shards cut short
+    with pytest.raises(UserError, match="rank-00000.json: damaged, not valid JSON .*delete it and rerun"):
+        generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    progress.unlink()
+    generate_pairs(tmp_path, OracleTeacher(), tiny_experts(), total=8, shard_size=4, image_size=32, progress=False)
+    assert shard.read_bytes() == good and pair_indices(tmp_path) == list(range(8))
 
 
 def test_a_second_writer_into_the_same_folder_is_refused(tmp_path):
