@@ -183,13 +183,19 @@ class _Uint8Images:
         return {k: v.float() / 255 for k, v in self.items[index].items()}
 
 
+def require_full_batch(count: int, batch_size: int, world: int = 1) -> None:
+    """Training needs one batch of distinct pairs (a streamed one would repeat pairs, and the BatchNorm
+    recalibration would have no batch to measure on)."""
+    if count < batch_size * world:
+        raise UserError(f"{count} training pairs cannot fill one batch of {batch_size} x {world} processes: "
+                        "lower batch_size or add pairs")
+
+
 def batch_indices(count: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
     """The pairs of one rank at one step: a seeded permutation per epoch, so the order is a pure function of
     the step and resuming needs no sampler state."""
+    require_full_batch(count, batch_size, world)
     per_epoch = count // (batch_size * world)
-    if per_epoch < 1:
-        raise UserError(f"{count} training pairs cannot fill one batch of {batch_size} x {world} processes: "
-                        "lower batch_size or add pairs")
     epoch, offset = divmod(step, per_epoch)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     start = (offset * world + rank) * batch_size
@@ -201,6 +207,7 @@ def training_batches(pairs: PairList, batch_size: int, seed: int, step: int = 0,
     """The samples of each next training step from `step` on: seeded random draws from memory, or the shard
     stream (position step x batch_size, so a resumed run sees the data it would have seen). Sets that do not
     fit in memory always stream."""
+    require_full_batch(len(pairs), batch_size, world)
     if not stream and pairs.in_memory:
         steps = itertools.count(step)
         return lambda: [pairs[i] for i in batch_indices(len(pairs), batch_size, seed, next(steps), rank, world)]

@@ -144,6 +144,9 @@ def test_training_batches_stream_a_split_and_resume_at_a_step(pair_dir):
     assert [s["pair_id"] for s in resumed()] == [s["pair_id"] for s in batches[3]]
     in_memory = training_batches(train, 4, seed=1)  # the same split drawn from memory
     assert {s["pair_id"] for s in in_memory()} <= set(train.pair_ids)
+    for stream in (True, False):  # too few pairs for one batch: refused either way, not repeated pairs
+        with pytest.raises(UserError, match="cannot fill one batch"):
+            training_batches(train, len(train) + 1, seed=1, stream=stream)
 
 
 def test_the_format_benchmark_measures_writing_reading_and_size(tmp_path):
