@@ -8,6 +8,7 @@ source | target | teacher | student | mask), and at the end `student.safetensors
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -194,6 +195,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     perceptual: nn.Module
     perceptual_kind: str
+    inputs: dict[str, str]  # what the run learns from, beyond its settings (checked on resume)
     step: int
 
     @property
@@ -237,9 +239,18 @@ def _prepare(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, con
     optimizer = torch.optim.Adam(parameter_groups(student, config), betas=config.betas)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.type == "cuda")
     perceptual, perceptual_kind = build_perceptual(vgg_weights, embedder, parser)
-    step = _resume(run_dir, student, ema, optimizer, scaler, config, dist.device)
+    inputs = _inputs(pairs, weight_of, parser, perceptual_kind)
+    step = _resume(run_dir, student, ema, optimizer, scaler, config, inputs, dist.device)
     return _Run(dist, train, val, weight_of, student, ema, optimizer, scaler, perceptual.to(dist.device),
-                perceptual_kind, step)
+                perceptual_kind, inputs, step)
+
+
+def _inputs(pairs: PairList, weight_of: Mapping[str, float], parser: nn.Module | None,
+            perceptual_kind: str) -> dict[str, str]:
+    """The data and loss inputs a resumed run must share with the one that wrote its checkpoint."""
+    weights = hashlib.sha256(json.dumps(sorted(weight_of.items())).encode()).hexdigest()[:16]
+    return {"pairs": pairs.fingerprint, "pair_weights": weights, "parser": "on" if parser is not None else "off",
+            "perceptual": perceptual_kind}
 
 
 def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig, run_dir: Path,
@@ -292,7 +303,7 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
                 save_grid(run.ema.model, embedder, preview, run_dir / "samples" / f"step_{run.step:07d}.png",
                           run.resolution)
             if dist.main and (run.step % config.checkpoint_every == 0 or run.step == config.steps or interrupted.raised):
-                _save_checkpoint(run_dir, student, run.ema, run.optimizer, run.scaler, run.step, config)
+                _save_checkpoint(run_dir, run, config)
             if interrupted.raised:
                 break
     finally:
@@ -364,18 +375,18 @@ def _writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tb"))
 
 
-def _save_checkpoint(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, step: int, config: DistillConfig) -> Path:
+def _save_checkpoint(run_dir: Path, run: _Run, config: DistillConfig) -> Path:
     """Everything an exact resume needs, written atomically (a crash mid-save keeps the previous one)."""
     state = {
         "format": "distilswap-distill/1",
-        "step": step,
+        "step": run.step,
         "config": json.dumps(config.to_dict()),
-        "student_config": json.dumps(student.config.to_dict()),
-        "student": student.state_dict(),
-        "ema": ema.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+        "inputs": json.dumps(run.inputs),
+        "student_config": json.dumps(run.student.config.to_dict()),
+        "student": run.student.state_dict(),
+        "ema": run.ema.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
     }
     return save_state(run_dir / CHECKPOINT, state)
@@ -386,7 +397,7 @@ RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every", "
 
 
 def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, config: DistillConfig, device: torch.device) -> int:
+            scaler: torch.amp.GradScaler, config: DistillConfig, inputs: dict[str, str], device: torch.device) -> int:
     """Load run_dir's checkpoint if there is one -> the step to continue from (0 for a fresh run)."""
     path = run_dir / CHECKPOINT
     try:
@@ -403,6 +414,10 @@ def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.o
                         f"encoder {saved['encoder_channels']}); use another --out directory or the same settings")
     before, now = _with_defaults(json.loads(state["config"])), config.to_dict()
     changed = changed_settings(before, now, sorted(set(now) - RESUMABLE_CHANGES))
+    if "inputs" in state:  # checkpoints written before the inputs were recorded resume unchecked
+        saved_inputs = json.loads(state["inputs"])
+        changed += [f"{key} ({saved_inputs.get(key)} -> {value})" for key, value in inputs.items()
+                    if saved_inputs.get(key) != value]
     if changed:
         raise UserError(f"{path}: cannot resume with changed {', '.join(changed)}; use another --out directory")
     student.load_state_dict(state["student"])

@@ -181,6 +181,19 @@ def test_ctrl_c_mid_step_finishes_the_step_and_resumes_exactly(pairs, embedder, 
             assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after the interrupted run resumed"
 
 
+def test_resume_refuses_other_pairs_or_weights(pairs, embedder, tmp_path):
+    config = DistillConfig(steps=1, reweight="off", **TINY)
+    distill(pairs, embedder, None, config, tmp_path / "r", progress=False)
+    longer = DistillConfig(steps=2, reweight="off", **TINY)
+    other = pairs.subset(list(range(len(pairs) - 1)))  # one pair fewer: another data set
+    with pytest.raises(UserError, match="cannot resume with changed pairs"):
+        distill(other, embedder, None, longer, tmp_path / "r", progress=False)
+    scores = {pid: {"id_cosine": 1.0, "quality": float(i % 3) / 2} for i, pid in enumerate(pairs.pair_ids)}
+    with pytest.raises(UserError, match="reweight"):  # a setting and an input changed: both named
+        distill(pairs, embedder, None, DistillConfig(steps=2, **TINY), tmp_path / "r", scores, "s.json",
+                progress=False)
+
+
 def test_refuses_mismatched_inputs(pairs, embedder, tmp_path):
     config = DistillConfig(steps=1, **TINY)
     with pytest.raises(UserError, match="run `distilswap quality score` first"):
