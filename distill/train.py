@@ -26,7 +26,7 @@ from facekit.resume import DamagedState, InterruptFlag, changed_settings, load_s
 from facekit.training import EMA, Dist, native_bf16, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
 from distill.losses import LossWeights, background, build_perceptual, identity_loss, l1_per_sample, mask_loss
-from distill.reweight import COMBINATIONS, coefficient, scores_for
+from distill.reweight import COMBINATIONS, normalize_mean_one, raw_coefficient, scores_for
 from student.config import StudentConfig, scaled
 from student.idn import fuse_with_target
 from student.iin import BASE_KERNELS
@@ -143,15 +143,13 @@ def compute_losses(student: nn.Module, embedder: nn.Module, parser: nn.Module | 
 
 def pair_weights(pairs: PairList, combination: str, scores: Mapping[str, Mapping[str, float]] | None,
                  source: str) -> dict[str, float]:
-    """a per training pair, mean 1 over the training split (once, not per batch: a batch drawn from few
-    shards, as a stream draws them, holds pairs of one snapshot, and scaling each batch to mean 1 would undo
-    the weight between snapshots that the reweighting is for)."""
+    """Unnormalised a per training pair (normalised per batch at each step)."""
     if combination == "off":
         return {pid: 1.0 for pid in pairs.pair_ids}
     if scores is None:
         raise UserError("reweighting needs scores: run `distilswap quality score` first, or pass --reweight off")
     cosine, quality = scores_for(pairs.pair_ids, scores, source)
-    return dict(zip(pairs.pair_ids, coefficient(cosine, quality, combination).tolist()))
+    return dict(zip(pairs.pair_ids, raw_coefficient(cosine, quality, combination).tolist()))
 
 
 # -- the EMA's BatchNorm statistics ------------------------------------------------------------------------------
@@ -283,7 +281,7 @@ def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, confi
     try:
         while run.step < config.steps:
             batch = _to_device(default_collate(next_batch()), dist.device)
-            a = torch.tensor([run.weight_of[pid] for pid in batch["pair_id"]], device=dist.device)
+            a = normalize_mean_one(torch.tensor([run.weight_of[pid] for pid in batch["pair_id"]], device=dist.device))
             with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp):
                 loss, terms = compute_losses(model, embedder, parser, run.perceptual, batch, a, config.weights,
                                              run.resolution)

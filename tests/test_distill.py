@@ -80,18 +80,6 @@ def test_the_evaluated_student_gets_batchnorm_statistics_of_its_own_weights(pair
     assert eval_vs_train_gap() < min(0.01, mismatched / 10)
 
 
-def test_pair_weights_are_mean_one_over_the_training_split_not_per_batch(pairs):
-    from distill.train import pair_weights
-
-    # quality by snapshot as a stream would batch them: one batch of early (0.1), one of late (0.9) pairs
-    scores = {pid: {"id_cosine": 1.0, "quality": 0.1 if i % 2 else 0.9} for i, pid in enumerate(pairs.pair_ids)}
-    weights = pair_weights(pairs, "product", scores, "s.json")
-    assert sum(weights.values()) / len(weights) == pytest.approx(1.0)
-    early = [w for i, w in enumerate(weights.values()) if i % 2]
-    late = [w for i, w in enumerate(weights.values()) if not i % 2]
-    assert max(early) == pytest.approx(0.2) and min(late) == pytest.approx(1.8)  # kept apart, batch or no batch
-
-
 def test_ranks_draw_disjoint_batches():
     a = batch_indices(20, 4, seed=0, step=3, rank=0, world=2)
     b = batch_indices(20, 4, seed=0, step=3, rank=1, world=2)
