@@ -186,7 +186,8 @@ def load_quality(path: str | Path, pair_resolution: int | None = None) -> Qualit
 
 
 def score_pairs(pairs: PairList, model: QualityRegressor, combination: str = "product") -> dict[str, torch.Tensor]:
-    """Per pair: Q's score, the teacher's identity term cos², and a normalised to mean 1 over the data set."""
+    """Per pair: Q's score, the teacher's identity term cos², and a normalised to mean 1 over the data set (for
+    the histogram and the record; `distill` recomputes a from the two scores and scales it per batch)."""
     from distill.reweight import coefficient, identity_term
 
     quality = predict(model, pairs)
