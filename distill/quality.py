@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from facekit.config import check_bounds
 from facekit.experts.arcface import imagenet_normalize, resize_to
 from facekit.errors import UserError
 from distill.data import PairList, split_by_identity, training_batches
@@ -34,11 +35,9 @@ class QualityConfig:
     stream: bool = False  # read training pairs as a stream from the shards (always, for sets larger than memory)
 
     def __post_init__(self) -> None:
-        if self.input_size < 32 or self.steps < 1 or self.batch_size < 2:
-            raise UserError(f"--input-size must be ≥ 32, --steps ≥ 1 and --batch-size ≥ 2 (BatchNorm), got "
-                            f"{self.input_size}, {self.steps} and {self.batch_size}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise UserError(f"--lr must be > 0 and weight decay ≥ 0, got {self.lr} and {self.weight_decay}")
+        # batch ≥ 2: BatchNorm in training mode needs two values per channel
+        check_bounds(self, "quality settings", {"input_size": 32, "steps": 1, "batch_size": 2}, above_zero=("lr",),
+                     non_negative=("weight_decay",))
 
 
 class QualityRegressor(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from facekit.config import check_bounds
 from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
 from facekit.files import atomic_write
@@ -66,12 +67,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.reweight not in COMBINATIONS:
             raise UserError(f"reweight must be one of {', '.join(COMBINATIONS)}, got {self.reweight!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise UserError("steps and batch_size must be positive")
-        if not self.lr > 0 or not self.predictor_lr_scale > 0:  # a negative lr would climb the loss, silently
-            raise UserError(f"lr and predictor_lr_scale must be > 0, got {self.lr} and {self.predictor_lr_scale}")
-        if self.log_every < 1 or self.sample_every < 1 or self.checkpoint_every < 1 or self.eval_batch_size < 1:
-            raise UserError("log_every, sample_every, checkpoint_every and eval_batch_size must be positive")
+        # a negative lr would climb the loss, silently
+        check_bounds(self, "distill settings", {name: 1 for name in ("steps", "batch_size", "log_every", "sample_every",
+                                                                      "checkpoint_every", "eval_batch_size")},
+                     above_zero=("lr", "predictor_lr_scale"))
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from facekit.errors import UserError
 
@@ -82,3 +82,18 @@ def check_types(config: Any, where: str) -> None:
 
 
 KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list"}
+
+
+def check_bounds(config: Any, where: str, whole: Mapping[str, int] | None = None, above_zero: Sequence[str] = (),
+                 non_negative: Sequence[str] = ()) -> None:
+    """Each named setting within its bound (whole numbers at least their minimum, numbers > 0 or ≥ 0), so a
+    value that would crash or silently misbehave deep in a run is one line here."""
+    for name, low in (whole or {}).items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserError(f"{where}: {name} must be a whole number ≥ {low}, got {value!r}")
+    for name in (*above_zero, *non_negative):
+        value, strict = getattr(config, name), name in above_zero
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not (value > 0 if strict else value >= 0):  # NaN fails both
+            raise UserError(f"{where}: {name} must be a number {'> 0' if strict else '≥ 0'}, got {value!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from facekit.config import read_yaml_mapping, settings
+from facekit.config import check_bounds, read_yaml_mapping, settings
 from facekit.errors import UserError
 from facekit.files import atomic_write_text
 from facekit.resume import (DamagedState, InterruptFlag, changed_settings, load_state, restore_rng, rng_state,
@@ -94,14 +94,8 @@ FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "em
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
-    for name in POSITIVE:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"{where}: {name} must be a whole number ≥ 1, got {value!r}")
-    for name in ("lr", "grad_clip", "ema_rate", "lambda_id"):
-        value = getattr(config, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (name == "lr" and value == 0):
-            raise UserError(f"{where}: {name} must be a number {'> 0' if name == 'lr' else '≥ 0'}, got {value!r}")
+    check_bounds(config, where, {name: 1 for name in POSITIVE}, above_zero=("lr",),
+                 non_negative=("grad_clip", "ema_rate", "lambda_id"))
     if config.ema_rate >= 1:
         raise UserError(f"{where}: ema_rate must be below 1, got {config.ema_rate}")
     workers = config.data_workers
