@@ -71,3 +71,16 @@ def clear_temporaries(path: str | Path) -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def read_json(path: str | Path, remedy: str) -> dict:
+    """A JSON object from a file we wrote, or one line naming the file and how to recover when it was damaged."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: damaged, not valid JSON ({err}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: damaged, expected a JSON object; {remedy}")
+    return data

@@ -2,14 +2,15 @@
 rewritten in the current format (facekit/pairs.py). The old folder is only read."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors import safe_open
 from tqdm import tqdm
 
 from facekit.errors import UserError
-from facekit.pairs import FORMAT, VERSION, check_destination, claim, finished_shards, shard_name, write_json, write_shard
+from facekit.files import read_json
+from facekit.pairs import (FORMAT, VERSION, check_destination, claim, finished_shards, read_progress, shard_name,
+                           write_json, write_shard)
 
 
 def convert_v1(root: str | Path, out: str | Path, image_codec: str = "png") -> dict:
@@ -19,7 +20,7 @@ def convert_v1(root: str | Path, out: str | Path, image_codec: str = "png") -> d
     path = root / "manifest.json"
     if not path.is_file():
         raise UserError(f"{root} is not a pairs data set (no manifest.json)")
-    old = json.loads(path.read_text())
+    old = read_json(path, "regenerate the version-1 pairs, or write new ones with `distilswap pairs generate`")
     if old.get("format") != FORMAT or old.get("version") != 1:
         raise UserError(f"{path}: not a version-1 {FORMAT} data set (version {old.get('version')!r})")
     if out.resolve() == root.resolve():
@@ -28,7 +29,7 @@ def convert_v1(root: str | Path, out: str | Path, image_codec: str = "png") -> d
     manifest = {**old, "version": VERSION, "image_codec": image_codec, "converted_from": str(root.resolve())}
     claim(out, manifest)
     progress_path = out / "progress" / "rank-00000.json"
-    mine = json.loads(progress_path.read_text()) if progress_path.is_file() else {"shards": {}}
+    mine = read_progress(progress_path) if progress_path.is_file() else {"shards": {}}
     todo = _v1_shards(root)
     converted = finished_shards(out)
     total_bytes = v1_bytes = pairs = 0
@@ -58,7 +59,7 @@ def convert_v1(root: str | Path, out: str | Path, image_codec: str = "png") -> d
 def _v1_shards(root: Path) -> dict[str, dict]:
     done = {}
     for progress in sorted((root / "progress").glob("rank-*.json")):
-        for name, info in json.loads(progress.read_text())["shards"].items():
+        for name, info in read_progress(progress)["shards"].items():
             if (root / "shards" / f"{name}.safetensors").is_file():
                 done[name] = info
     if not done:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from facekit.errors import UserError
-from facekit.files import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text, read_json
 
 FORMAT = "distilswap-pairs"
 VERSION = 2
@@ -139,17 +139,6 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.contiguous()
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
-
-
-def read_json(path: Path, remedy: str) -> dict:
-    """A JSON file of the data set, or one line naming it and how to recover when it was damaged."""
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: damaged, not valid JSON ({err}); {remedy}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: damaged, expected a JSON object; {remedy}")
-    return data
 
 
 def read_manifest(root: str | Path) -> dict:

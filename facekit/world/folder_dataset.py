@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from facekit.faces.align import estimate_transform, transform_points, warp_face
 from facekit.errors import UserError
-from facekit.files import atomic_write
+from facekit.files import atomic_write, read_json
 from facekit.faces.imageio import list_images, read_image, write_image
 
 FORMAT = "distilswap-faces/1"
@@ -36,12 +36,10 @@ SPLITS = ("train", "test")
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; not a {FORMAT} data set (build one from photos with `distilswap faces --photos DIR --out DIR`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not path.is_file():
+        raise UserError(f"{path}: missing; not a {FORMAT} data set (build one from photos with `distilswap faces "
+                        "--photos DIR --out DIR`)")
+    return read_json(path, "build the data set again (`distilswap faces` or `distilswap world dataset`)")
 
 
 def _check_record(record: Any, where: str) -> dict:
@@ -235,7 +233,7 @@ def _check_same_crops(cache: Path, resolution: int, alignment: str) -> None:
     if not path.is_file():
         return
     info = _read_json(path)
-    was = (info.get("resolution"), info.get("alignment"))
+    was = (info.get("resolution"), info.get("alignment", alignment))  # caches from before "alignment" was recorded
     if was != (resolution, alignment):
         raise UserError(f"{cache} holds crops of {was[0]} px aligned by {was[1]!r}; asked for {resolution} px by "
                         f"{alignment!r}: resume with the first settings or choose another --out")
