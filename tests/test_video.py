@@ -62,6 +62,31 @@ def test_odd_sizes_are_cropped_to_even_and_silent_output_has_no_audio(tmp_path):
     assert (info.width, info.height) == (50, 32) and not info.has_audio
 
 
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_phone_videos_are_read_upright(tmp_path, rotation):
+    """A portrait phone clip is stored as landscape frames plus a display rotation; faces are only found, and
+    the swap is only written the right way up, once that rotation is applied."""
+    stored = np.full((48, 64, 3), 30, np.uint8)
+    stored[:16, :16] = 250  # a bright corner shows where the frame's top-left went
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.set_display_rotation(rotation)
+        for _ in range(3):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(video.encode(None))
+    frames, _ = read_video(path)
+    shown = np.rot90(stored, rotation // 90)  # counter-clockwise quarter turns, as players show it
+    assert frames[0].shape == shown.shape
+    assert np.abs(frames[0].astype(int) - shown).mean() < 3  # x264's loss only
+    info = video_info(path)
+    assert (info.height, info.width) == shown.shape[:2]
+    again = video_info(write_video(tmp_path / "swapped.mp4", frames, 10))  # written upright, no rotation left
+    assert (again.height, again.width) == shown.shape[:2]
+    assert np.abs(read_video(tmp_path / "swapped.mp4")[0][0].astype(int) - shown).mean() < 3
+
+
 def test_bad_videos_are_user_errors(tmp_path):
     audio_only = tmp_path / "audio.mp4"
     _make_clip(audio_only, with_video=False)

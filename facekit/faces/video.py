@@ -27,7 +27,7 @@ _MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 @dataclass(frozen=True)
 class VideoInfo:
     fps: Fraction
-    width: int
+    width: int  # as players show it (a phone video's display rotation applied)
     height: int
     frames: int  # as declared by the container (0 when unknown)
     has_audio: bool
@@ -49,7 +49,17 @@ def video_info(path: str | Path) -> VideoInfo:
             raise UserError(f"{path}: has no video stream")
         stream = container.streams.video[0]
         fps = stream.average_rate or stream.guessed_rate or Fraction(25)
-        return VideoInfo(Fraction(fps), stream.codec_context.width, stream.codec_context.height, stream.frames, bool(container.streams.audio))
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if _quarter_turns(_first_rotation(container)) % 2:  # a portrait phone video stored as landscape
+            width, height = height, width
+        return VideoInfo(Fraction(fps), width, height, stream.frames, bool(container.streams.audio))
+
+
+def _first_rotation(container: av.container.InputContainer) -> float:
+    try:
+        return next((frame.rotation for frame in container.decode(video=0)), 0)
+    except av.FFmpegError:
+        return 0  # undecodable: iter_frames says so with the frame count
 
 
 def count_frames(path: str | Path) -> int:
@@ -65,8 +75,20 @@ def count_frames(path: str | Path) -> int:
             raise UserError(f"{path}: unreadable video ({err})") from None
 
 
+def _quarter_turns(rotation: float) -> int:
+    return round(rotation / 90) % 4
+
+
+def _upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """The frame as players show it: phones store portrait video as landscape frames plus a display rotation
+    (counter-clockwise degrees), which decoding alone does not apply. Rounded to quarter turns, the only
+    rotations cameras write."""
+    turns = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decoded frames as HxWx3 uint8 RGB, in presentation order."""
+    """Decoded frames as HxWx3 uint8 RGB, upright (display rotation applied), in presentation order."""
     path = Path(path)
     count = 0
     with _open(path) as container:
@@ -75,7 +97,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield _upright(frame.to_ndarray(format="rgb24"), frame.rotation)
         except av.FFmpegError as err:
             raise UserError(f"{path}: decoding failed after {count} frames ({err})") from None
     if count == 0:
