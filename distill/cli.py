@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--width", type=float, help="student channel multiplier (1.0 = paper)")
     distill.add_argument("--seed", type=int)
     distill.add_argument("--stream", action="store_true", default=None,
-                         help="stream training pairs from the shards (shuffle buffer, decoding threads) instead of "
+                         help="stream training pairs from the shards (8 shards mixed at a time, decoding threads) instead of "
                          "holding them in memory; sets larger than memory always stream")
     distill.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     distill.set_defaults(func=run_distill)

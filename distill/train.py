@@ -145,9 +145,8 @@ def pair_weights(pairs: PairList, combination: str, scores: Mapping[str, Mapping
     """Unnormalised a per training pair. Each step scales its batch's a to mean 1, so a step's loss is a
     weighted mean and its size does not swing with the batch's total weight. Measured against a normalised
     once over the training split (README, DiffFace evidence): per batch gave the lower face error on two of
-    three held-out sets, the same on the third. The price: batches drawn from few shards (a stream with a
-    buffer smaller than a few shards, when each shard holds one teacher snapshot) weigh snapshots against each
-    other only within the batch; give the stream a buffer of several shards."""
+    three held-out sets, the same on the third. It needs batches that mix teacher snapshots (one per shard):
+    the stream reads several shards at a time for that (facekit.pair_stream)."""
     if combination == "off":
         return {pid: 1.0 for pid in pairs.pair_ids}
     if scores is None:

@@ -1,12 +1,15 @@
-"""Streaming pairs from WebDataset shards for training at scale: shards split across ranks, a shuffle buffer,
-several threads decoding, and an exact resume from a sample position.
+"""Streaming pairs from WebDataset shards for training at scale: shards split across ranks, several shards
+mixed at once, several threads decoding, and an exact resume from a sample position.
 
 The order of one rank's samples is computed from the metadata index alone (no image is read for it): per
 epoch, the shards holding wanted pairs are permuted with the seed, every `world`-th goes to this rank, and its
-pairs pass through a seeded shuffle buffer. Sample n of a rank is therefore a pure function of (seed, rank,
-world, n): a run resumed at step s starts at sample s·batch and sees exactly the data it would have seen.
-Decoding follows that order: shards are decoded whole (wanted pairs only) by a pool of threads, ahead of use,
-and dropped once their last pair is handed out, so memory holds about buffer/shard_size shards.
+shards are read `mix` at a time, the pairs of those shards shuffled together. A shard holds one teacher
+snapshot, and `distill` weighs the pairs of a batch against each other only, so a batch must draw from
+several shards whatever their size: a shuffle buffer counted in pairs would not, once shards hold more pairs
+than it. Sample n of a rank is a pure function of (seed, rank, world, n): a run resumed at step s starts at
+sample s·batch and sees exactly the data it would have seen. Decoding follows that order: shards are decoded
+whole (wanted pairs only) by a pool of threads, ahead of use, and dropped once their last pair is handed out,
+so memory holds about `mix` shards and those being decoded ahead.
 """
 from __future__ import annotations
 
@@ -31,12 +34,12 @@ class PairStream:
     set's shards stops the run."""
 
     def __init__(self, root: str | Path, records: Sequence[dict], seed: int = 0, rank: int = 0, world: int = 1,
-                 workers: int = 2, buffer: int = 256, max_bad_fraction: float = 0.05):
+                 workers: int = 2, mix: int = 8, max_bad_fraction: float = 0.05):
         if not records:
             raise UserError("no pairs to stream: the pair set (or its split) is empty")
         self.root, self.seed, self.rank, self.world = Path(root), seed, rank, world
         self.image_size = int(read_manifest(root)["image_size"])
-        self.workers, self.buffer, self.max_bad_fraction = max(1, workers), max(1, buffer), max_bad_fraction
+        self.workers, self.mix, self.max_bad_fraction = max(1, workers), max(1, mix), max_bad_fraction
         self.by_shard: dict[str, list[int]] = defaultdict(list)
         for record in records:
             self.by_shard[record["shard"]].append(int(record["pair_index"]))
@@ -49,18 +52,15 @@ class PairStream:
         """(shard, pair index) in the order this rank reads them in `epoch`; from the index only."""
         shards = list(self.shards)
         random.Random(self.seed * 1_000_003 + epoch).shuffle(shards)
-        keys = [(shard, pair) for shard in shards[self.rank :: self.world] for pair in self.by_shard[shard]]
+        mine = shards[self.rank :: self.world]
         rng = random.Random((self.seed * 1_000_003 + epoch) * 4099 + self.rank)
-        order, pool = [], []
-        for key in keys:  # a shuffle buffer, as a streaming loader has: mixes pairs of about buffer/shard_size shards
-            if len(pool) < self.buffer:
-                pool.append(key)
-                continue
-            slot = rng.randrange(len(pool))
-            order.append(pool[slot])
-            pool[slot] = key
-        rng.shuffle(pool)
-        return order + pool
+        windows = -(-len(mine) // self.mix)  # of at most `mix` shards, as even as can be: no lone shard at the end
+        order = []
+        for k in range(windows):
+            window = [(shard, pair) for shard in mine[k::windows] for pair in self.by_shard[shard]]
+            rng.shuffle(window)
+            order += window
+        return order
 
     def samples(self, start: int = 0) -> Iterator[dict]:
         """Samples from position `start` of this rank's stream on (position = samples already consumed)."""

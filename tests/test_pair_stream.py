@@ -44,14 +44,28 @@ def test_the_index_opens_a_set_without_decoding_an_image(pair_dir, monkeypatch):
 
 def test_ranks_read_disjoint_shards_and_a_resumed_stream_sees_the_same_pairs(pair_dir):
     records = read_index(pair_dir)
-    ranks = [PairStream(pair_dir, records, seed=3, rank=r, world=2, buffer=5) for r in range(2)]
+    ranks = [PairStream(pair_dir, records, seed=3, rank=r, world=2, mix=2) for r in range(2)]
     epochs = [[pair for _, pair in stream.epoch_order(0)] for stream in ranks]
     assert sorted(epochs[0] + epochs[1]) == list(range(24)) and not set(epochs[0]) & set(epochs[1])
     assert ranks[0].epoch_order(1) != ranks[0].epoch_order(0)  # reshuffled every epoch
     straight = _keys(ranks[0].samples(), 30)  # across the end of the first epoch
     assert straight[:12] == epochs[0]
-    resumed = _keys(PairStream(pair_dir, records, seed=3, rank=0, world=2, buffer=5, workers=3).samples(17), 13)
+    resumed = _keys(PairStream(pair_dir, records, seed=3, rank=0, world=2, mix=2, workers=3).samples(17), 13)
     assert resumed == straight[17:]
+
+
+def test_a_stream_mixes_several_shards_into_every_batch_and_holds_only_those(pair_dir):
+    """A shard holds one teacher snapshot and distill weighs a batch's pairs against each other only: batches
+    must mix shards however many pairs a shard holds, while memory holds only the shards being mixed."""
+    records = read_index(pair_dir)
+    order = PairStream(pair_dir, records, seed=5, mix=3).epoch_order(0)
+    shard_of = {pair: shard for shard, pair in order}
+    windows = [order[:12], order[12:]]  # 6 shards of 4 pairs: two windows of 3 shards, each read whole
+    assert [len({shard for shard, _ in w}) for w in windows] == [3, 3]
+    assert not {shard for shard, _ in windows[0]} & {shard for shard, _ in windows[1]}
+    batches = [[pair for _, pair in order[i : i + 4]] for i in range(0, 24, 4)]
+    assert all(len({shard_of[p] for p in batch}) >= 2 for batch in batches), batches
+    assert len({shard for shard, _ in PairStream(pair_dir, records, seed=5, mix=4).epoch_order(0)[:12]}) == 3  # 6 shards, mix 4: windows of 3 + 3, no lone shard
 
 
 def test_streamed_pairs_are_the_stored_pairs(pair_dir):
