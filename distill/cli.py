@@ -170,7 +170,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if config.reweight != "off":
         source = args.scores or str(Path(args.pairs) / SCORES_FILENAME)
         scores, meta = read_scores(source)
-        check_scores_match(meta, pairs.fingerprint, source)
+        check_scores_match(meta, pairs.fingerprint, source, config.reweight)
     embedder, parser, _ = load_expert_set(args.experts, args.arcface, args.parser)
     if args.no_parser:
         parser = None

@@ -9,6 +9,7 @@ Scores are written next to the pairs in their own file keyed by pair id: the sha
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +17,8 @@ import torch
 
 from facekit.errors import UserError
 from facekit.files import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 COMBINATIONS = ("product", "identity", "quality", "off")
 SCORES_FORMAT = "distilswap-scores/1"
@@ -95,11 +98,18 @@ def scores_for(pair_ids: Sequence[str], scores: Mapping[str, Mapping[str, float]
     return cosine, quality
 
 
-def check_scores_match(meta: Mapping[str, object], fingerprint: str, source: str) -> None:
-    """Refuse scores computed on another pair set, even one with the same pair ids."""
+def check_scores_match(meta: Mapping[str, object], fingerprint: str, source: str, reweight: str) -> None:
+    """Refuse scores computed on another pair set, even one with the same pair ids; say so when they were scored
+    with another combination than `distill --reweight` uses (a is recomputed from Q and the cosine, so the run
+    is right, but the user may have meant the combination they scored with)."""
     if meta.get("pairs_fingerprint") != fingerprint:
         raise UserError(f"{source}: these scores were computed on another pair set (fingerprint "
                         f"{meta.get('pairs_fingerprint')} vs {fingerprint}); rerun `distilswap quality score` on these pairs")
+    scored_with = meta.get("combination")
+    if scored_with and scored_with != reweight:
+        log.warning("%s was scored with --combination %s; distill weighs the pairs with "
+                    "--reweight %s (recomputed from the same scores): pass --reweight %s to use the scored one",
+                    source, scored_with, reweight, scored_with)
 
 
 def save_histogram(values: torch.Tensor, path: str | Path, title: str) -> Path:

@@ -1,5 +1,6 @@
 """Quality regressor Q, the reweighting coefficient a, the scores file and the identity split."""
 import json
+import logging
 
 import pytest
 import torch
@@ -113,11 +114,16 @@ def test_spearman_reports_ranking():
     assert evaluate_fit(-fraction, fraction)["spearman"] == pytest.approx(-1.0)
 
 
-def test_scores_of_other_pairs_are_refused(pairs):
+def test_scores_of_other_pairs_are_refused_and_another_combination_is_named(pairs, caplog):
     from distill.reweight import check_scores_match
 
-    check_scores_match({"pairs_fingerprint": pairs.fingerprint}, pairs.fingerprint, "s.json")
+    scored = {"pairs_fingerprint": pairs.fingerprint, "combination": "product"}
+    with caplog.at_level(logging.WARNING):
+        check_scores_match(scored, pairs.fingerprint, "s.json", "product")
+        assert not caplog.records
+        check_scores_match(scored, pairs.fingerprint, "s.json", "identity")
+    assert "scored with --combination product; distill weighs the pairs with --reweight identity" in caplog.text
     other = synthetic_pairs(identities=4, per_identity=3, size=32, seed=5)
     assert other.pair_ids == pairs.pair_ids and other.fingerprint != pairs.fingerprint
     with pytest.raises(UserError, match="computed on another pair set"):
-        check_scores_match({"pairs_fingerprint": pairs.fingerprint}, other.fingerprint, "s.json")
+        check_scores_match(scored, other.fingerprint, "s.json", "product")
