@@ -82,6 +82,20 @@ def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(p
         (photos / "targets" / "wall.png").unlink()
 
 
+def test_a_judge_added_later_rescores_the_cached_rows(photos, tmp_path):
+    from facekit.experts.expert_loader import load_embedder
+
+    pairs = list_pairs(photos / "sources", photos / "targets", None)[:2]
+    first = evaluate({"paste": paste_source}, pairs, tmp_path / "eval", DlibDetector(), progress=False)
+    assert "small_cos_source" not in first["models"]["paste"]
+    cached = sorted((tmp_path / "eval" / "cache").rglob("*.json"))
+    judged = evaluate({"paste": paste_source}, pairs, tmp_path / "eval", DlibDetector(), progress=False,
+                      recognizers={"small": load_embedder("models/experts")})
+    assert "small_cos_source" in judged["models"]["paste"] and "small_retrieval_top1" in judged["models"]["paste"]
+    assert all("small_cos_source" in json.loads(p.read_text()) for p in cached)  # the cache holds the new judge
+    assert judged["models"]["paste"]["id_cos_source"] == pytest.approx(first["models"]["paste"]["id_cos_source"])
+
+
 def test_a_one_shot_onnx_swapper_of_another_project_is_a_model_for_swap_and_evaluate(photos, tmp_path):
     from test_teacher_pairs import tiny_onnx_swapper
 
