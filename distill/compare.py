@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from facekit.errors import UserError
-from facekit.files import atomic_write
+from facekit.files import atomic_write, read_json
 
 # (eval.json key, column title, lower is better)
 COLUMNS = (
@@ -60,10 +60,7 @@ def read_run(run: str | Path) -> Run:
     path = Path(run) / "eval.json"
     if not path.is_file():
         raise UserError(f"{run}: no eval.json (is it a finished `distilswap distill` run directory?)")
-    try:
-        result = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path}: unreadable evaluation ({err})") from None
+    result = read_json(path, "rerun the same `distilswap distill` command on that directory to re-evaluate it")
     if "held_out" not in result:
         raise UserError(f"{path}: written by an older DistilSwap (no held-out fingerprint); rerun the same "
                         "`distilswap distill` command on that directory to re-evaluate it")

@@ -69,13 +69,12 @@ def _experts_train(args: argparse.Namespace) -> int:
 
 
 def _experts_show(args: argparse.Namespace) -> int:
-    import json
-
     from facekit.errors import UserError
+    from facekit.experts.expert_loader import read_record
     from experts.train import EXPERTS, results_table
 
     directory = Path(args.directory)
-    records = {e: json.loads((directory / f"{e}.json").read_text()) for e in EXPERTS if (directory / f"{e}.json").exists()}
+    records = {e: read_record(directory, e) for e in EXPERTS if (directory / f"{e}.json").exists()}
     if not records:
         raise UserError(f"no trained experts in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
     print(results_table(records))

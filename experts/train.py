@@ -31,7 +31,7 @@ from torch import nn
 from facekit.world import synthetic
 from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
-from facekit.experts.expert_loader import EXPERTS, construct
+from facekit.experts.expert_loader import EXPERTS, construct, read_record
 from facekit.files import atomic_write, atomic_write_text
 from facekit.resume import DamagedState, load_state, save_state
 
@@ -354,7 +354,7 @@ def _cached(out: Path, expert: str, config: ExpertsConfig) -> dict[str, Any] | N
     meta = out / f"{expert}.json"
     if not (meta.exists() and (out / f"{expert}.safetensors").exists()):
         return None
-    record = json.loads(meta.read_text())
+    record = read_record(out, expert)
     return record if record.get("config") == _jsonable(_section(expert, config)) else None
 
 
@@ -452,7 +452,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 
 def write_results(out: Path, results: dict[str, dict[str, Any]]) -> None:
     """results.json and results.md over every expert in the directory (not only the ones just trained)."""
-    everything = {e: json.loads((out / f"{e}.json").read_text()) for e in EXPERTS if (out / f"{e}.json").exists()}
+    everything = {e: read_record(out, e) for e in EXPERTS if (out / f"{e}.json").exists()}
     everything.update(results)
     atomic_write_text(out / "results.json", json.dumps({e: {"scores": r["scores"], "train_seconds": r["train_seconds"]}
                                                     for e, r in everything.items()}, indent=2) + "\n")

@@ -13,6 +13,7 @@ import numpy as np
 
 from export.metadata import missing_keys, onnx_metadata
 from facekit.errors import UserError
+from facekit.files import read_json
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
@@ -79,7 +80,9 @@ def verify_export(directory: str | Path) -> Verification:
     directory = Path(directory)
     result = Verification(str(directory))
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = read_json(directory / MANIFEST, "re-run `distilswap export`")
+        if "resolution" not in manifest or not isinstance(manifest.get("artifacts"), dict):
+            raise UserError(f"{directory / MANIFEST}: damaged, no resolution or artifacts; re-run `distilswap export`")
         with np.load(directory / REFERENCE, allow_pickle=False) as data:
             reference = {key: data[key] for key in data.files}
     except (OSError, ValueError) as err:  # missing, truncated or hand-edited bookkeeping files

@@ -46,7 +46,9 @@ def check_shipped(path: str | Path) -> None:
     found = shipped_root(path)
     if found is None:
         return
-    root, files = found[0], found[1]["files"]
+    root, files = found[0], found[1].get("files")
+    if not isinstance(files, dict):
+        raise UserError(f"{root / MANIFEST}: damaged, no list of files; {RESTORE}")
     relative = path.absolute().relative_to(root).as_posix()
     listed = {name: entry for name, entry in files.items() if name == relative or name.startswith(relative + "/")}
     if not listed:

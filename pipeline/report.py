@@ -8,10 +8,10 @@ new stage shows up in the report without code changes.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from facekit.errors import UserError
+from facekit.files import read_json
 from facekit.quiet import quiet_third_party
 
 MAX_PICTURES_PER_STAGE = 6
@@ -21,7 +21,7 @@ def stage_records(run: Path) -> list[dict]:
     """Finished stages in the order they ran, from `distilswap run`'s markers."""
     records = []
     for marker in (run / ".stages").glob("*.json"):
-        record = json.loads(marker.read_text())
+        record = read_json(marker, f"delete it and rerun `distilswap run` (stage {marker.stem} runs again)")
         records.append({"name": marker.stem, **record})
     return sorted(records, key=lambda r: r.get("order", 0))
 
@@ -113,7 +113,7 @@ def _verification(stage_dir: Path) -> str | None:
     report = stage_dir / "verification.json"
     if not report.is_file():
         return None
-    data = json.loads(report.read_text())
+    data = read_json(report, f"write it again with `distilswap export verify {stage_dir}`")
     checks = data.get("checks", [])
     rows = ["| artifact | check | ok | value | bound |", "|---|---|---|---|---|"]
     rows += [

@@ -12,7 +12,7 @@ from typing import Callable
 
 from facekit.config import read_yaml_mapping
 from facekit.errors import UserError
-from facekit.files import atomic_write_text
+from facekit.files import atomic_write_text, read_json
 
 
 def _expand(argv: list[str]) -> list[str]:
@@ -63,7 +63,7 @@ def _cached(marker: Path, key: str) -> bool:
     """A finished stage with the same command line and configs whose outputs are all still there."""
     if not marker.is_file():
         return False
-    record = json.loads(marker.read_text())
+    record = read_json(marker, f"delete it and rerun: stage {marker.stem} runs again")
     return record.get("key") == key and all(Path(p).exists() for p in record.get("outputs", []))
 
 

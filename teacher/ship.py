@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from facekit.errors import UserError
-from facekit.files import atomic_write, atomic_write_text, make_dir
+from facekit.files import atomic_write, atomic_write_text, make_dir, read_json
 from facekit.shipped import FORMAT, MANIFEST, file_sha256
 
 from .checkpoint import read_metadata
@@ -61,10 +61,14 @@ def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[s
         if missing:
             raise UserError(f"{run} has no snapshots at steps {missing}; it has {sorted(have)}")
         snapshots = [have[s] for s in sorted(set(steps) | {max(have)})]
+    results = experts / "results.json"
+    expert_results = read_json(results, f"rerun the `distilswap experts train` that made {experts}: it reuses the trained "
+                               "experts and writes results.json again") if results.exists() else {}
     if (out / MANIFEST).exists() and not force:
         raise UserError(f"{out} already holds shipped models; pass --force to replace them")
     if (out / MANIFEST).exists():  # replacing: what the earlier manifest shipped goes, nothing else in out/
-        for name in json.loads((out / MANIFEST).read_text()).get("files", {}):
+        earlier = read_json(out / MANIFEST, "restore it (it lists the files --force replaces), or ship into another --out")
+        for name in earlier.get("files", {}):
             (out / name).unlink(missing_ok=True)
     make_dir(out / "teacher")
     make_dir(out / "experts")
@@ -85,7 +89,7 @@ def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[s
                     "data_seed": config["seed"], "data": config["data"], "config": config,
                     "snapshots": [{"file": f"teacher/{s.name}", **{k: read_metadata(s)[k] for k in ("step", "fraction")}}
                                   for s in snapshots]},
-        "experts": json.loads((experts / "results.json").read_text()) if (experts / "results.json").exists() else {},
+        "experts": expert_results,
         "precision": "fp16 (trained in fp32; the teacher was conditioned on the fp32 experts)",
         "files": files,
     }

@@ -1,9 +1,12 @@
 """Bad input across every subcommand: exit 2, one line `distilswap: error: ...` naming the problem, no
 traceback, and every file the user had (inputs and earlier outputs) byte-identical afterwards."""
 import hashlib
+import io
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import distilswap
 
@@ -141,3 +144,59 @@ def test_the_sweep_covers_every_subcommand():
     commands = set(next(a for a in parser._actions if a.dest == "command").choices)
     assert commands - covered == set(), f"no bad-input case for {sorted(commands - covered)}"
     assert len(CASES) >= 40
+
+
+def _finished_run_state() -> bytes:
+    """The newest training state of a finished one-step `teacher train` run, as `teacher ship` reads it."""
+    buffer = io.BytesIO()
+    torch.save({"config": json.dumps({"steps": 1}), "step": 1}, buffer)
+    return buffer.getvalue()
+
+
+RUN = {"t/checkpoints/latest.json": '{"step": 1}', "t/checkpoints/step_0000001.state.pt": _finished_run_state()}
+V1_PAIRS = json.dumps({"format": "distilswap-pairs", "version": 1, "total_pairs": 4, "shard_size": 2})
+
+# (argv, files written under {d} after _user_files, the damaged one the line must name): a JSON file of ours cut
+# short, a list in place of an object, or an object without what the command reads from it.
+DAMAGED_JSON = [
+    (["export", "verify", "{d}/x"], {"x/manifest.json": "[]"}, "x/manifest.json"),
+    (["export", "verify", "{d}/x"], {"x/manifest.json": "{}"}, "x/manifest.json"),
+    (["run", "--config", "{d}/p.yaml", "--out", "{d}/r"], {"p.yaml": "stages:\n  a: [report, x]\n",
+                                                          "r/.stages/a.json": '{"key": '}, "r/.stages/a.json"),
+    (["report", "{d}/r"], {"r/.stages/a.json": "[]"}, "r/.stages/a.json"),
+    (["report", "{d}/r"], {"r/.stages/a.json": '{"order": 1}', "r/a/verification.json": '{"checks'},
+     "r/a/verification.json"),
+    (["experts", "show", "{d}/e"], {"e/embedder.json": '{"class": '}, "e/embedder.json"),
+    (["experts", "train", "--world", "synthetic", "--preset", "tiny", "--out", "{d}/e"],
+     {"e/embedder.json": '{"config": {}}', "e/embedder.safetensors": ""}, "e/embedder.json"),
+    (["pairs", "generate", "--total", "4", "--experts", "{d}/e", "--out", "{d}/p"],
+     {"e/embedder.json": "[]", "e/embedder.safetensors": ""}, "e/embedder.json"),
+    (["pairs", "convert", "{d}/v1", "--out", "{d}/damaged"], {"v1/manifest.json": V1_PAIRS}, "damaged/manifest.json"),
+    (["teacher", "ship", "--run", "{d}/t", "--experts", "{d}/e", "--out", "{d}/m"], {**RUN, "e/results.json": "{"},
+     "e/results.json"),
+    (["teacher", "ship", "--run", "{d}/t", "--experts", "{d}/experts", "--out", "{d}/m", "--force"],
+     {**RUN, "m/manifest.json": '{"files": '}, "m/manifest.json"),
+    (["teacher", "swap", "--teacher", "{d}/m/teacher/t.safetensors", "--source", "a.png", "--target", "b.png", "--out",
+      "{d}/s"], {"m/manifest.json": '{"format": "distilswap-models/1"}'}, "m/manifest.json"),
+    (["world", "dataset", "--out", "{d}/w"], {"w/dataset.json": '{"format": '}, "w/dataset.json"),
+    (["compare", "{d}/c", "--out", "{d}/o"], {"c/eval.json": "[]"}, "c/eval.json"),
+]
+
+
+@pytest.mark.parametrize("argv, files, damaged", DAMAGED_JSON,
+                         ids=[" ".join(a for a in c[0][:2] if "{" not in a) + f" {c[2]}" for c in DAMAGED_JSON])
+def test_a_damaged_json_file_of_ours_is_one_line_naming_it(argv, files, damaged, tmp_path, capsys, monkeypatch):
+    d = tmp_path / "user"
+    d.mkdir()
+    _user_files(d)
+    for name, content in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(d)
+    code = distilswap.main([a.format(d=d) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("distilswap: error:") and "\n" not in err, err
+    assert f"{d / damaged}: damaged" in err, err
+    assert _snapshot(d) == before, "a file of the user's changed or was added"

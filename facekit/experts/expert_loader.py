@@ -12,16 +12,17 @@ frozen.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from facekit.errors import UserError
+from facekit.files import read_json
 from facekit.experts.frozen import freeze
 
 EXPERTS = ("embedder", "parser", "gaze")
+RECORD_KEYS = ("class", "kwargs", "scores", "train_seconds", "parameters")  # of NAME.json, besides its config
 
 
 def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -41,6 +42,18 @@ def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
     raise UserError(f"unknown expert {expert!r}; choose from {', '.join(EXPERTS)}")
 
 
+def read_record(directory: str | Path, expert: str) -> dict[str, Any]:
+    """NAME.json of a small-experts folder (its class, arguments, config and scores), or one line when damaged."""
+    path = Path(directory) / f"{expert}.json"
+    remedy = (f"delete it and {expert}.safetensors, then train it again (`distilswap experts train --world synthetic "
+              f"--out {directory} --only {expert}` with your settings)")
+    record = read_json(path, remedy)
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise UserError(f"{path}: damaged, no {', '.join(missing)}; {remedy}")
+    return record
+
+
 def load_trained(directory: str | Path, expert: str) -> nn.Module:
     """One expert of a small-experts folder (checked against models/manifest.json when it is a shipped one)."""
     from safetensors.torch import load_file
@@ -50,10 +63,11 @@ def load_trained(directory: str | Path, expert: str) -> nn.Module:
 
     directory = Path(directory)
     meta, weights = directory / f"{expert}.json", directory / f"{expert}.safetensors"
+    check_shipped(meta)
     check_shipped(weights)
     if not (meta.exists() and weights.exists()):
         raise UserError(f"no trained {expert} in {directory}: run `distilswap experts train --world synthetic --out {directory}`")
-    model = construct(expert, json.loads(meta.read_text())["kwargs"])
+    model = construct(expert, read_record(directory, expert)["kwargs"])
     load_state_strict(model, load_file(str(weights)), weights)
     return freeze(model)
 

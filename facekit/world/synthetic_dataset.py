@@ -25,7 +25,7 @@ from PIL import Image
 
 from facekit.world import synthetic
 from facekit.errors import UserError
-from facekit.files import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text, read_json
 
 FORMAT = "distilswap-faces/1"
 CHUNK = 64
@@ -89,7 +89,7 @@ def write_dataset(root: str | Path, config: WorldConfig, progress: bool = True) 
     manifest = _manifest(config)
     existing = root / "dataset.json"
     if existing.exists():
-        if json.loads(existing.read_text()) == manifest:
+        if read_json(existing, f"choose another --out, or delete {root} to write the data set again") == manifest:
             return root
         raise UserError(f"{root} already holds a different data set; choose another --out or delete it")
     if root.exists() and any(root.iterdir()) and not (root / "images").is_dir():
