@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +22,9 @@ import numpy as np
 
 from facekit.faces.detect import Face
 from facekit.errors import UserError
-from facekit.files import atomic_write, atomic_write_text
+from facekit.files import atomic_write, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
 
 # (source image, source face, target image, target face) -> result image, all HxWx3 uint8 RGB
 Swap = Callable[[np.ndarray, Face, np.ndarray, Face], np.ndarray]
@@ -182,7 +185,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
         for name, swap in models.items():
             cached = out / "cache" / slugs[name] / f"{pair.key}.json"
             result = None
-            row = json.loads(cached.read_text()) if cached.is_file() else {}
+            row = _cached_row(cached)
             # a cached row serves when it has every judge asked for this time (and the features, for FID)
             reusable = bool(row) and all(f"{judge}_cos_source" in row for judge in judges) and (
                 inception is None or cached.with_suffix(".inception.npy").is_file())
@@ -240,6 +243,17 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     if sheet:
         write_image(out / "sheet.png", np.concatenate([np.concatenate(r, axis=1) for r in sheet], axis=0))
     return report
+
+
+def _cached_row(path: Path) -> dict:
+    """The scores an earlier run cached for a pair, or {} when there are none: a damaged row is scored again."""
+    if not path.is_file():
+        return {}
+    try:
+        return read_json(path, "scoring the pair again")
+    except UserError as err:
+        log.warning("%s", err)
+        return {}
 
 
 def _cached_features(path: Path, compute, refresh: bool = False) -> np.ndarray:

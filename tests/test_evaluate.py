@@ -62,7 +62,7 @@ def test_the_judges_score_floor_ceiling_and_mirror_as_they_should(photos, tmp_pa
     assert "| paste | " in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(photos, tmp_path, capsys):
+def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(photos, tmp_path, capsys, caplog):
     write_image(photos / "targets" / "wall.png", np.full((200, 200, 3), 128, np.uint8))
     try:
         argv = ["evaluate", "--model", "target", "--model", "paste", "--sources", str(photos / "sources"),
@@ -74,9 +74,11 @@ def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(p
         assert "3 pair(s) skipped" in capsys.readouterr().out
         cached = sorted((tmp_path / "eval" / "cache").rglob("*.json"))
         assert len(cached) == 18
+        cached[0].write_text('{"model": ')  # a row damaged (a bad copy) is scored again, not fatal
         stamps = [p.stat().st_mtime_ns for p in cached]
-        assert distilswap.main(argv) == 0  # resumed: nothing is swapped or scored again
-        assert [p.stat().st_mtime_ns for p in cached] == stamps
+        assert distilswap.main(argv) == 0  # resumed: nothing else is swapped or scored again
+        assert [p for p, stamp in zip(cached, stamps) if p.stat().st_mtime_ns != stamp] == [cached[0]]
+        assert f"{cached[0]}: damaged" in caplog.text
         assert json.loads((tmp_path / "eval" / "results.json").read_text())["models"] == first["models"]
     finally:
         (photos / "targets" / "wall.png").unlink()
