@@ -1,5 +1,8 @@
 """Video face tracking: landmarks followed between key frames stay where per-frame detection puts them, scene
 cuts and lost faces trigger a new detection, and the decode/swap/encode threads pass errors on."""
+import os
+import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -9,7 +12,7 @@ import pytest
 from app.tracking import FaceTracker, TrackerSettings
 from facekit.faces.detect import DlibDetector
 from facekit.faces.imageio import read_image
-from facekit.faces.video import read_ahead
+from facekit.faces.video import consume_behind, read_ahead, write_video
 
 insightface = pytest.importorskip("insightface")
 GROUP = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
@@ -130,3 +133,40 @@ def test_read_ahead_passes_items_in_order_raises_producer_errors_and_stops_with_
         if item == 5:
             break
     assert len(produced) < 20  # the producer stopped soon after the consumer
+
+
+def _priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_the_encoder_runs_behind_at_lower_priority_and_an_interrupted_swap_leaves_no_file(tmp_path):
+    """The swap (the slow stage) produces on the calling thread at its priority; the encoder consumes on a
+    thread of its own, niced below it, so on 2 cores the swap keeps a core. Errors cross over both ways."""
+    seen = {}
+
+    def consume(items):
+        seen["priority"] = _priority()
+        return sum(items)
+
+    before = _priority()
+    assert consume_behind(consume, range(100), depth=3, niceness=5) == sum(range(100))
+    assert _priority() == before
+    if sys.platform.startswith("linux"):
+        assert seen["priority"] == min(19, before + 5)
+        assert list(read_ahead((_priority() for _ in range(2)), niceness=5)) == [min(19, before + 5)] * 2  # the decoder
+
+    def broken_encoder(items):
+        next(items)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        consume_behind(broken_encoder, iter(range(10**6)))  # the producer stops, it does not run to the end
+
+    def swaps():
+        yield np.zeros((32, 32, 3), np.uint8)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "swapped.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        consume_behind(lambda frames: write_video(out, frames, 25), swaps())
+    assert list(tmp_path.iterdir()) == []  # the encoder saw the interruption: no file, no temporary left

@@ -5,12 +5,14 @@ by packet when MP4 can hold its codec (AAC, MP3, ...) and re-encoded to AAC othe
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -19,6 +21,7 @@ from facekit.errors import UserError
 from facekit.files import atomic_write
 
 T = TypeVar("T")
+R = TypeVar("R")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
@@ -195,31 +198,46 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
 _DONE = object()
 
 
-def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+def _lower_priority(niceness: int) -> None:
+    """Make the calling thread yield the CPU to the others by `niceness` (Linux: threads have nice values of
+    their own, and threads it starts later inherit it; elsewhere nothing). Lowering needs no privileges."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError:
+        pass  # a sandbox that forbids it: same work, same result, default scheduling
+
+
+def _hand_over(buffer: queue.Queue, item: object, stop: Callable[[], bool]) -> bool:
+    """Put `item` unless the other side has stopped."""
+    while not stop():
+        try:
+            buffer.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def read_ahead(items: Iterable[T], depth: int = 4, niceness: int = 0) -> Iterator[T]:
     """`items` produced by a background thread, up to `depth` ahead of the consumer: decoding, swapping and
-    encoding (PyAV, ONNX Runtime and OpenCV release the GIL) then overlap. An error in the producer is raised
-    in the consumer; a consumer that stops early stops the producer."""
+    encoding (PyAV, ONNX Runtime and OpenCV release the GIL) then overlap. `niceness` lowers the producer's
+    priority (see `_lower_priority`). An error in the producer is raised in the consumer; a consumer that stops
+    early stops the producer."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: object) -> bool:
-        """Hand one item over unless the consumer has stopped."""
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def produce() -> None:
+        _lower_priority(niceness)
         try:
             for item in items:
-                if not put(item):
+                if not _hand_over(buffer, item, stop.is_set):
                     return
-            put(_DONE)
+            _hand_over(buffer, _DONE, stop.is_set)
         except BaseException as err:  # handed to the consumer, which raises it
-            put(err)
+            _hand_over(buffer, err, stop.is_set)
 
     worker = threading.Thread(target=produce, daemon=True)
     worker.start()
@@ -231,3 +249,49 @@ def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
     finally:
         stop.set()
         worker.join()
+
+
+class _Abandoned(Exception):
+    """Raised inside a `consume_behind` consumer when the producing side failed or was interrupted."""
+
+
+def consume_behind(consume: Callable[[Iterator[T]], R], items: Iterable[T], depth: int = 4, niceness: int = 0) -> R:
+    """`consume(items)` (an encoder) on a background thread at lower priority (`niceness`), while this thread
+    produces the items, up to `depth` ahead: on a CPU with fewer cores than busy threads, the producer (the swap,
+    the slowest stage) keeps its share. An error on either side is raised here; when the producer fails or is
+    interrupted, `consume` sees an exception (an atomic writer then leaves nothing behind) before this returns."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    outcome: dict[str, object] = {}
+    finished = threading.Event()
+
+    def drain() -> Iterator[T]:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, _Abandoned):
+                raise item
+            yield item
+
+    def run() -> None:
+        _lower_priority(niceness)
+        try:
+            outcome["result"] = consume(drain())
+        except BaseException as err:
+            outcome["error"] = err
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        for item in items:
+            if not _hand_over(buffer, item, finished.is_set):
+                break  # the consumer ended early (its error is raised below)
+        else:
+            _hand_over(buffer, _DONE, finished.is_set)
+    except BaseException:
+        _hand_over(buffer, _Abandoned("the frames stopped coming"), finished.is_set)
+        worker.join()
+        raise
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
