@@ -30,13 +30,20 @@ def shipped_root(path: str | Path) -> tuple[Path, dict] | None:
     path = Path(path).absolute()
     for folder in path.parents:
         manifest = folder / MANIFEST
-        if manifest.is_file():
-            try:
-                data = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("format") == FORMAT:
-                return folder, data
+        if not manifest.is_file():
+            continue
+        try:
+            text = manifest.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue  # not ours: another tool's manifest.json
+        try:
+            data = json.loads(text)
+        except ValueError:
+            if FORMAT in text:  # ours, cut short: its hashes can vouch for nothing
+                raise UserError(f"{manifest}: damaged, not valid JSON; {RESTORE}") from None
+            continue
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            return folder, data
     return None
 
 

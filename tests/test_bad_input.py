@@ -178,6 +178,8 @@ DAMAGED_JSON = [
      {**RUN, "m/manifest.json": '{"files": '}, "m/manifest.json"),
     (["teacher", "swap", "--teacher", "{d}/m/teacher/t.safetensors", "--source", "a.png", "--target", "b.png", "--out",
       "{d}/s"], {"m/manifest.json": '{"format": "distilswap-models/1"}'}, "m/manifest.json"),
+    (["teacher", "swap", "--teacher", "{d}/m/teacher/t.safetensors", "--source", "a.png", "--target", "b.png", "--out",
+      "{d}/s"], {"m/manifest.json": '{"format": "distilswap-models/1", "files": {"teacher/t.saf'}, "m/manifest.json"),
     (["world", "dataset", "--out", "{d}/w"], {"w/dataset.json": '{"format": '}, "w/dataset.json"),
     (["compare", "{d}/c", "--out", "{d}/o"], {"c/eval.json": "[]"}, "c/eval.json"),
 ]
