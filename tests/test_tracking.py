@@ -1,8 +1,10 @@
 """Video face tracking: landmarks followed between key frames stay where per-frame detection puts them, scene
 cuts and lost faces trigger a new detection, and the decode/swap/encode threads pass errors on."""
 import os
+import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -159,8 +161,10 @@ def test_the_encoder_runs_behind_at_lower_priority_and_an_interrupted_swap_leave
         next(items)
         raise OSError("disk full")
 
+    produced = []
     with pytest.raises(OSError, match="disk full"):
-        consume_behind(broken_encoder, iter(range(10**6)))  # the producer stops, it does not run to the end
+        consume_behind(broken_encoder, (produced.append(i) for i in range(10**6)), depth=2)
+    assert len(produced) < 100  # the producer stopped soon after the consumer, it did not run to the end
 
     def swaps():
         yield np.zeros((32, 32, 3), np.uint8)
@@ -170,3 +174,15 @@ def test_the_encoder_runs_behind_at_lower_priority_and_an_interrupted_swap_leave
     with pytest.raises(KeyboardInterrupt):
         consume_behind(lambda frames: write_video(out, frames, 25), swaps())
     assert list(tmp_path.iterdir()) == []  # the encoder saw the interruption: no file, no temporary left
+
+    def slow_tail(frames):  # the encoder's flush and soundtrack, after the last frame: Ctrl-C comes then
+        yield from frames
+        time.sleep(0.6)
+
+    main = threading.main_thread().ident  # a real SIGINT: it wakes a blocked join, as Ctrl-C does
+    threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        consume_behind(lambda frames: write_video(out, slow_tail(frames), 25), [np.zeros((32, 32, 3), np.uint8)] * 3)
+    assert time.perf_counter() - started >= 0.6  # raised once the encoder had finished, not while it wrote
+    assert [p.name for p in tmp_path.iterdir()] == ["swapped.mp4"]  # the whole video, no temporary left behind

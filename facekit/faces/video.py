@@ -230,8 +230,8 @@ def read_ahead(items: Iterable[T], depth: int = 4, niceness: int = 0) -> Iterato
     stop = threading.Event()
 
     def produce() -> None:
-        _lower_priority(niceness)
         try:
+            _lower_priority(niceness)
             for item in items:
                 if not _hand_over(buffer, item, stop.is_set):
                     return
@@ -255,24 +255,43 @@ class _Abandoned(Exception):
     """Raised inside a `consume_behind` consumer when the producing side failed or was interrupted."""
 
 
+def _wait_through_interrupts(finished: threading.Event) -> None:
+    """Wait for a worker even through Ctrl-C (it is finishing or removing a file); the interrupt comes after.
+    On its Event, not Thread.join: an interrupted join marks a running thread as stopped (CPython 3.11)."""
+    interrupted = False
+    while not finished.is_set():
+        try:
+            finished.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def consume_behind(consume: Callable[[Iterator[T]], R], items: Iterable[T], depth: int = 4, niceness: int = 0) -> R:
     """`consume(items)` (an encoder) on a background thread at lower priority (`niceness`), while this thread
     produces the items, up to `depth` ahead: on a CPU with fewer cores than busy threads, the producer (the swap,
-    the slowest stage) keeps its share. An error on either side is raised here; when the producer fails or is
-    interrupted, `consume` sees an exception (an atomic writer then leaves nothing behind) before this returns."""
+    the slowest stage) keeps its share. An error on either side is raised here, always after the consumer has
+    ended: when the producer fails or is interrupted, `consume` sees an exception at its next item (an atomic
+    writer then leaves nothing behind); after the last item it finishes its work."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     outcome: dict[str, object] = {}
-    finished = threading.Event()
+    finished, abandoned = threading.Event(), threading.Event()
 
     def drain() -> Iterator[T]:
-        while (item := buffer.get()) is not _DONE:
-            if isinstance(item, _Abandoned):
-                raise item
+        while not abandoned.is_set():
+            try:
+                item = buffer.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
             yield item
+        raise _Abandoned("the frames stopped coming")
 
     def run() -> None:
-        _lower_priority(niceness)
         try:
+            _lower_priority(niceness)
             outcome["result"] = consume(drain())
         except BaseException as err:
             outcome["error"] = err
@@ -288,10 +307,10 @@ def consume_behind(consume: Callable[[Iterator[T]], R], items: Iterable[T], dept
         else:
             _hand_over(buffer, _DONE, finished.is_set)
     except BaseException:
-        _hand_over(buffer, _Abandoned("the frames stopped coming"), finished.is_set)
-        worker.join()
+        abandoned.set()
+        _wait_through_interrupts(finished)
         raise
-    worker.join()
+    _wait_through_interrupts(finished)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]
