@@ -202,3 +202,13 @@ def test_a_damaged_json_file_of_ours_is_one_line_naming_it(argv, files, damaged,
     assert err.startswith("distilswap: error:") and "\n" not in err, err
     assert f"{d / damaged}: damaged" in err, err
     assert _snapshot(d) == before, "a file of the user's changed or was added"
+
+
+def test_a_damaged_shipped_expert_is_restored_not_retrained(tmp_path, capsys):
+    """Retraining a shipped expert would write files that models/manifest.json then refuses: restore it."""
+    (tmp_path / "m" / "experts").mkdir(parents=True)
+    (tmp_path / "m" / "manifest.json").write_text('{"format": "distilswap-models/1", "files": {}}')
+    (tmp_path / "m" / "experts" / "embedder.json").write_text('{"class": ')
+    assert distilswap.main(["experts", "show", str(tmp_path / "m" / "experts")]) == 2
+    err = capsys.readouterr().err
+    assert "embedder.json: damaged" in err and "git checkout models/" in err and "train it again" not in err, err

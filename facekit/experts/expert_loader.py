@@ -43,10 +43,14 @@ def construct(expert: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def read_record(directory: str | Path, expert: str) -> dict[str, Any]:
-    """NAME.json of a small-experts folder (its class, arguments, config and scores), or one line when damaged."""
+    """NAME.json of a small-experts folder (its class, arguments, config and scores), or one line when damaged
+    (a shipped one is restored, not retrained: a retrained file would not match models/manifest.json)."""
+    from facekit.shipped import RESTORE, shipped_root
+
     path = Path(directory) / f"{expert}.json"
-    remedy = (f"delete it and {expert}.safetensors, then train it again (`distilswap experts train --world synthetic "
-              f"--out {directory} --only {expert}` with your settings)")
+    remedy = RESTORE if shipped_root(path) else (
+        f"delete it and {expert}.safetensors, then train it again (`distilswap experts train --world synthetic "
+        f"--out {directory} --only {expert}` with your settings)")
     record = read_json(path, remedy)
     missing = [key for key in RECORD_KEYS if key not in record]
     if missing:
