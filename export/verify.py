@@ -81,8 +81,11 @@ def verify_export(directory: str | Path) -> Verification:
     result = Verification(str(directory))
     try:
         manifest = read_json(directory / MANIFEST, "re-run `distilswap export`")
-        if "resolution" not in manifest or not isinstance(manifest.get("artifacts"), dict):
-            raise UserError(f"{directory / MANIFEST}: damaged, no resolution or artifacts; re-run `distilswap export`")
+        artifacts = manifest.get("artifacts")
+        if "resolution" not in manifest or not isinstance(artifacts, dict) or not all(
+                isinstance(entry, dict) and entry.get("kind") in CHECKERS for entry in artifacts.values()):
+            raise UserError(f"{directory / MANIFEST}: damaged, no resolution or artifacts of known kinds; "
+                            "re-run `distilswap export`")
         with np.load(directory / REFERENCE, allow_pickle=False) as data:
             reference = {key: data[key] for key in data.files}
     except (OSError, ValueError) as err:  # missing, truncated or hand-edited bookkeeping files

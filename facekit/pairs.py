@@ -300,7 +300,7 @@ def claim(root: Path, manifest: dict) -> None:
     """Start a data set, or check that the one under root was started with these very settings."""
     path = root / "manifest.json"
     if path.is_file():
-        existing = read_json(path, "write the pairs again with `distilswap pairs generate` into a new --out")
+        existing = read_json(path, f"choose another --out, or delete {root} and run the command again")
         if existing != json.loads(json.dumps(manifest)):
             changed = sorted(k for k in manifest if existing.get(k) != json.loads(json.dumps(manifest[k])))
             raise UserError(f"{root} holds a pairs run with different settings ({', '.join(changed)}); "

@@ -26,7 +26,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def shipped_root(path: str | Path) -> tuple[Path, dict] | None:
-    """(the folder above `path` holding a shipped-models manifest, that manifest), if any."""
+    """(the folder above `path` holding a shipped-models manifest, that manifest), if any; a manifest of ours
+    that is cut short is refused (UserError), another tool's manifest.json is passed over."""
     path = Path(path).absolute()
     for folder in path.parents:
         manifest = folder / MANIFEST

@@ -161,6 +161,7 @@ V1_PAIRS = json.dumps({"format": "distilswap-pairs", "version": 1, "total_pairs"
 DAMAGED_JSON = [
     (["export", "verify", "{d}/x"], {"x/manifest.json": "[]"}, "x/manifest.json"),
     (["export", "verify", "{d}/x"], {"x/manifest.json": "{}"}, "x/manifest.json"),
+    (["export", "verify", "{d}/x"], {"x/manifest.json": '{"resolution": 64, "artifacts": {"a.onnx": {}}}'}, "x/manifest.json"),
     (["run", "--config", "{d}/p.yaml", "--out", "{d}/r"], {"p.yaml": "stages:\n  a: [report, x]\n",
                                                           "r/.stages/a.json": '{"key": '}, "r/.stages/a.json"),
     (["report", "{d}/r"], {"r/.stages/a.json": "[]"}, "r/.stages/a.json"),
