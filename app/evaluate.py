@@ -64,9 +64,12 @@ def list_pairs(sources: str | Path | None, targets: str | Path | None, pairs_csv
         target_files = _files(targets, IMAGE_SUFFIXES + VIDEO_SUFFIXES, "target photos or videos")
         raw = [(s, t) for t in target_files for s in source_files]
     pairs = []
+    counts: dict[Path, int] = {}  # frames per target video, read once however many sources it is paired with
     for source, target in raw:
         if target.suffix.lower() in VIDEO_SUFFIXES:
-            count = video_info(target).frames or count_frames(target)  # mkv/webm declare no count
+            if target not in counts:
+                counts[target] = video_info(target).frames or count_frames(target)  # mkv/webm declare no count
+            count = counts[target]
             n = min(frames, count)
             picks = sorted({int(round(i * (count - 1) / max(n - 1, 1))) for i in range(n)})
             pairs += [EvalPair(source, target, k) for k in picks]
