@@ -61,6 +61,9 @@ def ship(run: str | Path, experts: str | Path, out: str | Path, commands: list[s
         if missing:
             raise UserError(f"{run} has no snapshots at steps {missing}; it has {sorted(have)}")
         snapshots = [have[s] for s in sorted(set(steps) | {max(have)})]
+    if experts.resolve() == (out / "experts").resolve():
+        raise UserError(f"--experts {experts} is the folder that --out {out} replaces; ship from the folder the "
+                        "experts were trained in (`distilswap experts train --out DIR`)")
     results = experts / "results.json"
     expert_results = read_json(results, f"rerun the `distilswap experts train` that made {experts}: it reuses the trained "
                                "experts and writes results.json again") if results.exists() else {}

@@ -213,3 +213,18 @@ def test_a_damaged_shipped_expert_is_restored_not_retrained(tmp_path, capsys):
     assert distilswap.main(["experts", "show", str(tmp_path / "m" / "experts")]) == 2
     err = capsys.readouterr().err
     assert "embedder.json: damaged" in err and "git checkout models/" in err and "train it again" not in err, err
+
+
+def test_shipping_over_the_experts_it_ships_is_refused_before_anything_goes(tmp_path, capsys):
+    """`teacher ship --experts models/experts --out models --force` deleted the experts, then copied nothing."""
+    d = tmp_path / "user"
+    files = {**RUN, "m/manifest.json": '{"format": "distilswap-models/1", "files": {"experts/embedder.json": {}}}',
+             "m/experts/embedder.json": "{}"}
+    for name, content in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = _snapshot(d)
+    argv = ["teacher", "ship", "--run", str(d / "t"), "--experts", str(d / "m" / "experts"), "--out", str(d / "m"), "--force"]
+    assert distilswap.main(argv) == 2
+    assert "is the folder that --out" in capsys.readouterr().err
+    assert _snapshot(d) == before
