@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="swap a face into photos or videos with a student or an exported model",
         description="Detect, align, swap and paste back every face (or one) of a photo or video. The model is a "
         "student checkpoint (PyTorch), an exported .onnx (ONNX Runtime: check the phone artifact on a desktop) "
-        "or an export folder. Videos keep their frame rate and audio; faces are detected on key frames (every "
+        "or an export folder. Videos keep their frame rate and audio (phone videos are turned upright); faces are detected on key frames (every "
         "--detect-every frames, after scene cuts, when a track is lost) and tracked by their landmarks in "
         "between, smoothed over time; decoding, swapping and encoding overlap.\n\n"
         "examples:\n"
