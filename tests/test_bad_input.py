@@ -120,6 +120,21 @@ def _snapshot(d: Path) -> dict:
             for p in sorted(d.rglob("*"))}
 
 
+def _one_error_line(argv: list[str], capsys) -> str:
+    """Run the CLI; it must exit 2 with one `distilswap: error:` line, which is returned."""
+    code = distilswap.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("distilswap: error:") and "\n" not in err, err
+    return err
+
+
+def _write_files(d: Path, files: dict) -> None:
+    for name, content in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
 def test_bad_input_is_one_clear_line_and_changes_nothing(argv, message, tmp_path, capsys, monkeypatch):
     d = tmp_path / "user"
@@ -127,10 +142,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(argv, message, tmp_path
     _user_files(d)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(d)
-    code = distilswap.main([a.format(d=d) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("distilswap: error:") and "\n" not in err, err
+    err = _one_error_line([a.format(d=d) for a in argv], capsys)
     assert "Traceback" not in err and message in err, err
     after = _snapshot(d)
     assert {k: v for k, v in after.items() if k in before} == before, "a file of the user's changed"
@@ -192,15 +204,10 @@ def test_a_damaged_json_file_of_ours_is_one_line_naming_it(argv, files, damaged,
     d = tmp_path / "user"
     d.mkdir()
     _user_files(d)
-    for name, content in files.items():
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    _write_files(d, files)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(d)
-    code = distilswap.main([a.format(d=d) for a in argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("distilswap: error:") and "\n" not in err, err
+    err = _one_error_line([a.format(d=d) for a in argv], capsys)
     assert f"{d / damaged}: damaged" in err, err
     assert _snapshot(d) == before, "a file of the user's changed or was added"
 
@@ -220,11 +227,8 @@ def test_shipping_over_the_experts_it_ships_is_refused_before_anything_goes(tmp_
     d = tmp_path / "user"
     files = {**RUN, "m/manifest.json": '{"format": "distilswap-models/1", "files": {"experts/embedder.json": {}}}',
              "m/experts/embedder.json": "{}"}
-    for name, content in files.items():
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    _write_files(d, files)
     before = _snapshot(d)
     argv = ["teacher", "ship", "--run", str(d / "t"), "--experts", str(d / "m" / "experts"), "--out", str(d / "m"), "--force"]
-    assert distilswap.main(argv) == 2
-    assert "is the folder that --out" in capsys.readouterr().err
+    assert "is the folder that --out" in _one_error_line(argv, capsys)
     assert _snapshot(d) == before
