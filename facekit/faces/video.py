@@ -5,6 +5,7 @@ by packet when MP4 can hold its codec (AAC, MP3, ...) and re-encoded to AAC othe
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 from facekit.errors import UserError
 from facekit.files import atomic_write
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -206,8 +208,9 @@ def _lower_priority(niceness: int) -> None:
     thread = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
-    except OSError:
-        pass  # a sandbox that forbids it: same work, same result, default scheduling
+    except OSError as err:  # a sandbox that forbids it: same work and result, only slower on few cores
+        log.warning("could not lower a video thread's priority (%s): decoding and encoding share the CPU "
+                    "equally with the swap", err)
 
 
 def _hand_over(buffer: queue.Queue, item: object, stop: Callable[[], bool]) -> bool:
