@@ -55,6 +55,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                        "(default 0.1,0.25,0.5,0.75,1.0; the quality regressor learns from them)")
     train.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
     train.add_argument("--seed", type=int)
+    train.add_argument("--init", help="teacher weights (.safetensors) a new run fine-tunes instead of starting "
+                       "from random ones (configs/teacher_finetune_synthetic.yaml)")
     train.add_argument("--data-workers", type=int, dest="data_workers",
                        help="processes rendering synthetic batches ahead (default: up to 8 on a GPU, none on CPU)")
     train.add_argument("--extend", action="store_true",
@@ -270,7 +272,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("out", "unet", "data", "experts", "arcface", "steps", "batch_size",
                                                "lr", "lambda_id", "ema_rate", "precision", "grad_checkpoint",
-                                               "checkpoint_every", "seed", "data_workers")}
+                                               "checkpoint_every", "seed", "data_workers", "init")}
     if args.snapshot_fractions:
         overrides["snapshot_fractions"] = args.snapshot_fractions.split(",")  # checked with the YAML's
     config = load_train_config(args.config, overrides)

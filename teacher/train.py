@@ -62,11 +62,15 @@ class TrainConfig:
     image_every: int = 100
     seed: int = 0
     data_workers: int | None = None  # processes rendering synthetic batches ahead; None: up to 8 on a GPU, 0 on CPU
+    init: str | None = None  # teacher weights (.safetensors) a new run starts from instead of random ones
+    focus_timesteps: tuple[int, int] | None = None  # [lo, hi): the noise levels a fine-tune spends focus_share on
+    focus_share: float = 0.0  # 0: t uniform over all steps, as DiffFace
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["snapshot_fractions"] = list(self.snapshot_fractions)
+        data["focus_timesteps"] = list(self.focus_timesteps) if self.focus_timesteps else None
         return data
 
 
@@ -80,6 +84,8 @@ def load_train_config(path: str | None, overrides: dict | None = None) -> TrainC
             raise UserError(f"snapshot_fractions must be numbers in (0, 1], got {data['snapshot_fractions']!r}") from None
         if not all(0 < f <= 1 for f in data["snapshot_fractions"]):
             raise UserError(f"snapshot_fractions must lie in (0, 1], got {list(data['snapshot_fractions'])}")
+    if data.get("focus_timesteps") is not None:
+        data["focus_timesteps"] = tuple(data["focus_timesteps"])
     config = settings(TrainConfig, data, path or "the command line", "training settings")
     _check_values(config, path or "the command line")
     return config
@@ -90,7 +96,8 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 # Settings that change what the run computes: a resumed run must keep them (the snapshots' fractions and
 # the pairs built on them would otherwise lie).
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
-                   "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet")
+                   "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
+                   "focus_timesteps", "focus_share")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -98,6 +105,13 @@ def _check_values(config: TrainConfig, where: str) -> None:
                  non_negative=("grad_clip", "ema_rate", "lambda_id"))
     if config.ema_rate >= 1:
         raise UserError(f"{where}: ema_rate must be below 1, got {config.ema_rate}")
+    focus = config.focus_timesteps
+    if focus is not None and not (len(focus) == 2 and all(isinstance(v, int) for v in focus)
+                                  and 0 <= focus[0] < focus[1] <= config.diffusion_steps):
+        raise UserError(f"{where}: focus_timesteps must be two whole numbers 0 ≤ lo < hi ≤ diffusion_steps "
+                        f"({config.diffusion_steps}), got {list(focus)}")
+    if not 0 <= config.focus_share <= 1 or (config.focus_share and focus is None):
+        raise UserError(f"{where}: focus_share must lie in [0, 1] and needs focus_timesteps, got {config.focus_share}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -155,6 +169,8 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
     step = _resume(out, model, ema, optimizer, data_rng, rank, device, config, extend)
     if step == 0:
+        if config.init:
+            _start_from(config.init, model, ema, device)
         torch.manual_seed(config.seed * 1000 + rank)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     autocast = _autocast_dtype(config.precision, device)
@@ -208,11 +224,34 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     return out
 
 
+def _start_from(path: str, model: UNetModel, ema: EMA, device: torch.device) -> None:
+    """A fine-tune's first weights (raw and EMA alike): a teacher of the same UNet."""
+    from .checkpoint import load_teacher
+
+    start, _ = load_teacher(path, device)
+    if start.config.to_dict() | {"use_checkpoint": False} != model.config.to_dict() | {"use_checkpoint": False}:
+        raise UserError(f"init {path} is a different UNet ({start.config.to_dict()}); fine-tune it with its own --unet")
+    model.load_state_dict(start.state_dict())
+    ema.model.load_state_dict(start.state_dict())
+
+
+def sample_timesteps(n: int, num_timesteps: int, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Uniform t, as DiffFace; with focus_share, that share of the batch is drawn from focus_timesteps instead.
+    Why: the teacher's condition decides a swap's colour and outline at high noise, the levels a short run
+    learns least (the identity barely changes x̂0 there), so a fine-tune can spend its steps on them."""
+    t = torch.randint(0, num_timesteps, (n,), device=device)
+    if config.focus_share:
+        lo, hi = config.focus_timesteps
+        focused = torch.rand(n, device=device) < config.focus_share
+        t = torch.where(focused, torch.randint(lo, hi, (n,), device=device), t)
+    return t
+
+
 def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, x0: torch.Tensor,
             config: TrainConfig, autocast: torch.dtype | None) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         identity = experts.identity(x0)
-    t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+    t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, config, x0.device)
     noise = torch.randn_like(x0)
     x_t = diffusion.q_sample(x0, t, noise)
     with torch.autocast(x0.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):

@@ -110,10 +110,50 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"snapshot_fractions": ["abc"]}, "snapshot_fractions must be numbers"),
     ({"ema_rate": 1.5}, "ema_rate must be below 1"),
     ({"data_workers": -1}, "data_workers must be a whole number ≥ 0"),
+    ({"focus_timesteps": [500, 2000]}, r"focus_timesteps must be two whole numbers 0 ≤ lo < hi ≤ diffusion_steps"),
+    ({"focus_share": 0.5}, "focus_share must lie in .* and needs focus_timesteps, got 0.5"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
         config(tmp_path, "bad", **settings)
+
+
+def test_a_fine_tune_starts_from_its_init_and_spends_its_share_on_the_focus(tmp_path):
+    from teacher.train import sample_timesteps
+
+    experts = tiny_experts()
+    base = train(config(tmp_path, "base"), experts)
+    init = str(base / "snapshots/step_0000004.safetensors")
+    tune = config(tmp_path, "tune", init=init, focus_timesteps=[600, 1000], focus_share=0.8, steps=2,
+                  snapshot_fractions=[1.0])
+    start, _ = load_teacher(init)
+    near = train(config(tmp_path, "near", init=init, steps=1, snapshot_fractions=[1.0], lr=1e-7), experts)
+    stepped = load_file(str(near / "checkpoints/step_0000001.model.safetensors"))
+    assert max(float((stepped[k] - v).abs().max()) for k, v in start.state_dict().items()) < 1e-6  # one Adam step
+    train(tune, experts)
+    with pytest.raises(UserError, match="focus_share 0.8 → 0.5"):  # what it computes is fixed on resume
+        train(config(tmp_path, "tune", init=init, focus_timesteps=[600, 1000], focus_share=0.5, steps=2,
+                     snapshot_fractions=[1.0]), experts)
+    torch.manual_seed(0)
+    t = sample_timesteps(20000, 1000, tune, torch.device("cpu"))
+    share = float(((t >= 600) & (t < 1000)).float().mean())
+    assert abs(share - (0.8 + 0.2 * 0.4)) < 0.02, share  # the focus share plus the uniform draws that land there
+    assert int(t.min()) < 600  # the other levels are still trained
+    plain = config(tmp_path, "plain")
+    torch.manual_seed(0)
+    uniform = sample_timesteps(8, 1000, plain, torch.device("cpu"))
+    torch.manual_seed(0)
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,)))  # runs without a focus draw what they always drew
+
+
+def test_a_fine_tune_of_another_unet_is_one_clear_error(tmp_path):
+    experts = tiny_experts()
+    base = train(config(tmp_path, "base"), experts)
+    unet = tmp_path / "other.json"
+    unet.write_text(json.dumps({**TINY_UNET.to_dict(), "model_channels": 2 * TINY_UNET.model_channels}))
+    with pytest.raises(UserError, match="init .* is a different UNet"):
+        train(config(tmp_path, "other", unet=str(unet), init=str(base / "snapshots/step_0000004.safetensors")),
+              experts)
 
 
 def test_loss_goes_down_with_identity_term(tmp_path):
