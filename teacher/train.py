@@ -368,6 +368,8 @@ def _checkpoint_steps(out: Path) -> list[int]:
         latest = json.loads((folder / "latest.json").read_text())["step"]
     except (OSError, ValueError, KeyError, TypeError):
         return steps
+    if not isinstance(latest, int) or isinstance(latest, bool) or latest < 0:  # hand-edited: trust the files
+        return steps
     return [latest] + [s for s in steps if s < latest]
 
 

@@ -77,6 +77,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
         train(damaged, experts)
 
 
+@pytest.mark.parametrize("latest", ['{"step": "two"}', '{"step": 2.5}', '{"step": null}', '[2]'])
+def test_a_hand_edited_latest_json_resumes_from_the_newest_files(tmp_path, latest):
+    experts = tiny_experts()
+    run = config(tmp_path, "run")
+    train(run, experts, stop_after=2)
+    (tmp_path / "run/checkpoints/latest.json").write_text(latest)
+    train(run, experts)
+    assert json.loads((tmp_path / "run/checkpoints/latest.json").read_text())["step"] == 4
+
+
 def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     experts = tiny_experts()
     fractions = [0.25, 0.5, 1.0]
