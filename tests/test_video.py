@@ -62,22 +62,36 @@ def test_odd_sizes_are_cropped_to_even_and_silent_output_has_no_audio(tmp_path):
     assert (info.width, info.height) == (50, 32) and not info.has_audio
 
 
-@pytest.mark.parametrize("rotation", [-90, 90, 180])
-def test_phone_videos_are_read_upright(tmp_path, rotation):
-    """A portrait phone clip is stored as landscape frames plus a display rotation; faces are only found, and
-    the swap is only written the right way up, once that rotation is applied."""
+ONE = 65536  # 1.0 in a display matrix's 16.16 fixed point
+
+
+@pytest.mark.parametrize("rotation, matrix, show", [
+    (-90, None, lambda im: np.rot90(im, -1)),  # counter-clockwise degrees, as players show it
+    (90, None, lambda im: np.rot90(im, 1)),
+    (180, None, lambda im: np.rot90(im, 2)),
+    (None, [-ONE, 0, 0, 0, ONE, 0, 0, 0, 1 << 30], lambda im: im[:, ::-1]),  # a front camera's mirror
+    (None, [ONE, 0, 0, 0, -ONE, 0, 0, 0, 1 << 30], lambda im: im[::-1]),
+    (None, [0, ONE, 0, ONE, 0, 0, 0, 0, 1 << 30], lambda im: im.transpose(1, 0, 2)),  # a quarter turn, mirrored
+])
+def test_phone_videos_are_read_upright(tmp_path, rotation, matrix, show):
+    """A portrait phone clip is stored as landscape frames plus a display matrix (a rotation, sometimes a
+    mirror); faces are only found, and the swap is only written the right way up, once it is applied, as
+    FFmpeg's players apply it."""
     stored = np.full((48, 64, 3), 30, np.uint8)
-    stored[:16, :16] = 250  # a bright corner shows where the frame's top-left went
+    stored[:16, :8] = 250  # a bright patch shows where the frame's top-left went
     path = tmp_path / "phone.mp4"
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=10)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        video.set_display_rotation(rotation)
+        if matrix is None:
+            video.set_display_rotation(rotation)
+        else:
+            video.set_display_matrix(matrix)
         for _ in range(3):
             container.mux(video.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
         container.mux(video.encode(None))
     frames, _ = read_video(path)
-    shown = np.rot90(stored, rotation // 90)  # counter-clockwise quarter turns, as players show it
+    shown = show(stored)
     assert frames[0].shape == shown.shape
     assert np.abs(frames[0].astype(int) - shown).mean() < 3  # x264's loss only
     info = video_info(path)

@@ -32,7 +32,7 @@ _MP4_AUDIO_COPY = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 @dataclass(frozen=True)
 class VideoInfo:
     fps: Fraction
-    width: int  # as players show it (a phone video's display rotation applied)
+    width: int  # as players show it (a phone video's display rotation and mirroring applied)
     height: int
     frames: int  # as declared by the container (0 when unknown)
     has_audio: bool
@@ -55,16 +55,16 @@ def video_info(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         fps = stream.average_rate or stream.guessed_rate or Fraction(25)
         width, height = stream.codec_context.width, stream.codec_context.height
-        if _quarter_turns(_first_rotation(container)) % 2:  # a portrait phone video stored as landscape
+        if _first_display(container)[0] == 0:  # a portrait phone video stored as landscape
             width, height = height, width
         return VideoInfo(Fraction(fps), width, height, stream.frames, bool(container.streams.audio))
 
 
-def _first_rotation(container: av.container.InputContainer) -> float:
+def _first_display(container: av.container.InputContainer) -> Display:
     try:
-        return next((frame.rotation for frame in container.decode(video=0)), 0)
+        return next((_display(frame) for frame in container.decode(video=0)), UNCHANGED)
     except av.FFmpegError:
-        return 0  # undecodable: iter_frames says so with the frame count
+        return UNCHANGED  # undecodable: iter_frames says so with the frame count
 
 
 def count_frames(path: str | Path) -> int:
@@ -80,20 +80,37 @@ def count_frames(path: str | Path) -> int:
             raise UserError(f"{path}: unreadable video ({err})") from None
 
 
-def _quarter_turns(rotation: float) -> int:
-    return round(rotation / 90) % 4
+Display = tuple[int, int, int, int]  # (a, b, c, d) of a display matrix: x' = a·x + c·y, y' = b·x + d·y
+UNCHANGED: Display = (1, 0, 0, 1)
 
 
-def _upright(image: np.ndarray, rotation: float) -> np.ndarray:
-    """The frame as players show it: phones store portrait video as landscape frames plus a display rotation
-    (counter-clockwise degrees), which decoding alone does not apply. Rounded to quarter turns, the only
-    rotations cameras write."""
-    turns = _quarter_turns(rotation)
-    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+def _display(frame: av.VideoFrame) -> Display:
+    """The frame's display matrix (FFmpeg's 16.16 layout) rounded to a quarter turn, mirrored or not: what
+    cameras and editors write. Phones store portrait video as landscape frames plus such a matrix, which
+    decoding alone does not apply; a front camera's clip may also carry a mirror flip."""
+    data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if data is None:
+        return UNCHANGED
+    a, b, _, c, d = np.frombuffer(bytes(data), "<i4")[:5].astype(float)
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        return (1 if a >= 0 else -1, 0, 0, 1 if d >= 0 else -1)
+    return (0, 1 if b >= 0 else -1, 1 if c >= 0 else -1, 0)
+
+
+def _upright(image: np.ndarray, display: Display) -> np.ndarray:
+    """The frame as players show it: each stored pixel (x, y) moved to (a·x + c·y, b·x + d·y)."""
+    if display == UNCHANGED:
+        return image
+    a, b, c, d = display
+    if a == 0:  # a quarter turn: rows become columns
+        image, flip_rows, flip_columns = image.transpose(1, 0, 2), b < 0, c < 0
+    else:
+        flip_rows, flip_columns = d < 0, a < 0
+    return np.ascontiguousarray(image[::-1 if flip_rows else 1, ::-1 if flip_columns else 1])
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decoded frames as HxWx3 uint8 RGB, upright (display rotation applied), in presentation order."""
+    """Decoded frames as HxWx3 uint8 RGB, upright (display rotation and mirroring applied), in presentation order."""
     path = Path(path)
     count = 0
     with _open(path) as container:
@@ -102,7 +119,7 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield _upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+                yield _upright(frame.to_ndarray(format="rgb24"), _display(frame))
         except av.FFmpegError as err:
             raise UserError(f"{path}: decoding failed after {count} frames ({err})") from None
     if count == 0:
