@@ -25,27 +25,36 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+LAYOUT = ("teacher", "experts")  # the folders `distilswap teacher ship` writes beside its manifest
+
+
 def shipped_root(path: str | Path) -> tuple[Path, dict] | None:
-    """(the folder above `path` holding a shipped-models manifest, that manifest), if any; a manifest of ours
-    that is cut short is refused (UserError), another tool's manifest.json is passed over."""
+    """(the folder above `path` holding a shipped-models manifest, that manifest), if any. A manifest of ours
+    that is damaged is refused (UserError): one that names our format, or one that sits above `path` in the
+    shipped layout (path under its teacher/ or experts/), even when cut before its format string. Another
+    tool's manifest.json is passed over."""
     path = Path(path).absolute()
     for folder in path.parents:
         manifest = folder / MANIFEST
         if not manifest.is_file():
             continue
+        in_layout = path.relative_to(folder).parts[0] in LAYOUT
         try:
-            text = manifest.read_text()
-        except (OSError, UnicodeDecodeError):
-            continue  # not ours: another tool's manifest.json
-        try:
-            data = json.loads(text)
-        except ValueError:
-            if FORMAT in text:  # ours, cut short: its hashes can vouch for nothing
+            data = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            if in_layout or _names_format(manifest):  # ours, damaged: its hashes can vouch for nothing
                 raise UserError(f"{manifest}: damaged, not valid JSON; {RESTORE}") from None
-            continue
+            continue  # not ours: another tool's manifest.json
         if isinstance(data, dict) and data.get("format") == FORMAT:
             return folder, data
     return None
+
+
+def _names_format(manifest: Path) -> bool:
+    try:
+        return FORMAT.encode() in manifest.read_bytes()
+    except OSError:
+        return False
 
 
 def check_shipped(path: str | Path) -> None:

@@ -83,6 +83,32 @@ def test_a_damaged_or_missing_shipped_file_is_refused_with_how_to_restore(shippe
     assert "parser.safetensors is missing" in err and "git checkout models/" in err
 
 
+@pytest.mark.parametrize("cut", [0, 3, 40])
+def test_a_manifest_cut_short_is_refused_even_before_its_format_string(shipped, tmp_path, capsys, cut):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(shipped / "models", models)
+    manifest = models / "manifest.json"
+    manifest.write_text(manifest.read_text()[:cut])
+    swap = ["teacher", "swap", "--teacher", str(models / "teacher" / "step_0000002.safetensors"), "--experts",
+            str(models / "experts"), "--source", "a.png", "--target", "b.png", "--out", str(tmp_path / "o")]
+    assert distilswap.main(swap) == 2
+    err = capsys.readouterr().err.strip()
+    assert "manifest.json: damaged, not valid JSON" in err and "git checkout models/" in err and "\n" not in err
+
+
+def test_another_tools_manifest_above_a_file_is_passed_over(shipped, tmp_path):
+    import shutil
+
+    from facekit.shipped import check_shipped
+
+    run = tmp_path / "project" / "run"
+    shutil.copytree(shipped / "run" / "snapshots", run / "snapshots")
+    (tmp_path / "project" / "manifest.json").write_text("name: not json\n")  # e.g. a YAML-ish file of another tool
+    check_shipped(run / "snapshots" / "step_0000002.safetensors")  # no error: not a shipped layout
+
+
 def test_evaluate_scores_swaps_against_the_truth_with_floor_ceiling_and_ablation(shipped):
     out = shipped / "eval"
     models = shipped / "models"
