@@ -23,6 +23,7 @@ from facekit.config import check_bounds
 from facekit.experts.arcface import resize_to
 from facekit.errors import UserError
 from facekit.files import atomic_write
+from facekit.pair_stream import ORDER_VERSION
 from facekit.resume import DamagedState, InterruptFlag, changed_settings, load_state, restore_rng, rng_state, save_state
 from facekit.training import EMA, Dist, native_bf16, setup_distributed
 from distill.data import PairList, batch_indices, split_by_identity, training_batches
@@ -242,18 +243,19 @@ def _prepare(pairs: PairList, embedder: nn.Module, parser: nn.Module | None, con
     optimizer = torch.optim.Adam(parameter_groups(student, config), betas=config.betas)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.type == "cuda")
     perceptual, perceptual_kind = build_perceptual(vgg_weights, embedder, parser)
-    inputs = _inputs(pairs, weight_of, parser, perceptual_kind)
+    inputs = _inputs(pairs, weight_of, parser, perceptual_kind, config.stream or not train.in_memory)
     step = _resume(run_dir, student, ema, optimizer, scaler, config, inputs, dist.device)
     return _Run(dist, train, val, weight_of, student, ema, optimizer, scaler, perceptual.to(dist.device),
                 perceptual_kind, inputs, step)
 
 
 def _inputs(pairs: PairList, weight_of: Mapping[str, float], parser: nn.Module | None,
-            perceptual_kind: str) -> dict[str, str]:
-    """The data and loss inputs a resumed run must share with the one that wrote its checkpoint."""
+            perceptual_kind: str, streamed: bool) -> dict[str, str]:
+    """The data and loss inputs a resumed run must share with the one that wrote its checkpoint; pair_order
+    names the order the pairs come in (the stream's changes with its ORDER_VERSION)."""
     weights = hashlib.sha256(json.dumps(sorted(weight_of.items())).encode()).hexdigest()[:16]
     return {"pairs": pairs.fingerprint, "pair_weights": weights, "parser": "on" if parser is not None else "off",
-            "perceptual": perceptual_kind}
+            "perceptual": perceptual_kind, "pair_order": f"stream/{ORDER_VERSION}" if streamed else "memory"}
 
 
 def _train_steps(run: _Run, embedder: nn.Module, parser: nn.Module | None, config: DistillConfig, run_dir: Path,
@@ -419,6 +421,11 @@ def _resume(run_dir: Path, student: MobileFaceSwap, ema: EMA, optimizer: torch.o
     changed = changed_settings(before, now, sorted(set(now) - RESUMABLE_CHANGES))
     if "inputs" in state:  # checkpoints written before the inputs were recorded resume unchecked
         saved_inputs = json.loads(state["inputs"])
+        if "pair_order" not in saved_inputs:  # written before the order was recorded: the stream's has changed
+            if inputs["pair_order"] != "memory":
+                log.warning("%s was written before the pair stream mixed shards: the run resumes, but reads its "
+                            "pairs in the new order, not the one it began with (not bit-exact)", path)
+            saved_inputs["pair_order"] = inputs["pair_order"]
         changed += [f"{key} ({saved_inputs.get(key)} -> {value})" for key, value in inputs.items()
                     if saved_inputs.get(key) != value]
     if changed:

@@ -25,6 +25,8 @@ from facekit.pairs import ShardMismatch, read_manifest, read_shard, shard_path
 
 log = logging.getLogger(__name__)
 
+ORDER_VERSION = 2  # of `epoch_order`: a resumed run checks it (1: a 256-pair shuffle buffer; 2: shards mixed)
+
 
 class PairStream:
     """Pairs (decoded as `read_shard` gives them) for one rank, endlessly, epoch after epoch.

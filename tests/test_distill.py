@@ -151,6 +151,35 @@ def test_resume_continues_exactly(pairs, embedder, tmp_path):
             assert torch.equal(value, state_b[key][name]), f"{key}.{name} differs after resume"
 
 
+@pytest.fixture(scope="module")
+def pair_folder(tmp_path_factory, embedder):
+    """Pairs on disk in shards (what streaming reads), from the oracle teacher."""
+    from teacher.experts import Experts
+    from teacher.pairs import OracleTeacher, generate_pairs
+
+    from distill.data import open_pairs
+
+    root = tmp_path_factory.mktemp("pairs") / "pairs"
+    generate_pairs(root, OracleTeacher(), Experts(embedder), total=24, shard_size=3, image_size=32, progress=False)
+    return open_pairs(root, progress=False)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_checkpoint_from_before_the_pair_order_was_recorded_resumes_saying_whether_order_changed(
+        pair_folder, embedder, tmp_path, caplog, stream):
+    config = DistillConfig(steps=1, reweight="off", stream=stream, **TINY)
+    distill(pair_folder, embedder, None, config, tmp_path / "r", progress=False)
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    inputs = json.loads(state["inputs"])
+    assert inputs.pop("pair_order") == ("stream/2" if stream else "memory")
+    torch.save({**state, "inputs": json.dumps(inputs)}, tmp_path / "r" / "checkpoint.pt")  # as older versions wrote it
+    with caplog.at_level("WARNING"):
+        distill(pair_folder, embedder, None, DistillConfig(steps=2, reweight="off", stream=stream, **TINY),
+                tmp_path / "r", progress=False)
+    assert ("reads its pairs in the new order" in caplog.text) == stream  # the in-memory draws never changed
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 2
+
+
 def test_ctrl_c_mid_step_finishes_the_step_and_resumes_exactly(pairs, embedder, tmp_path, monkeypatch):
     import signal
 
@@ -282,21 +311,15 @@ distill(open_pairs({pairs!r}, progress=False), tiny_embedder(), None, config, {o
 """
 
 
-def test_two_process_ddp_run_streams_the_shards_trains_and_writes_once(tmp_path):
+def test_two_process_ddp_run_streams_the_shards_trains_and_writes_once(pair_folder, tmp_path):
     """torchrun with two CPU processes (gloo) streaming WebDataset shards: the same code path as a multi-GPU
     run; each rank reads its own shards, rank 0 alone writes."""
     import subprocess
     import sys
     from pathlib import Path
 
-    from teacher.experts import Experts
-    from teacher.pairs import OracleTeacher, generate_pairs
-    from tests.distill_fixtures import tiny_embedder
-
-    generate_pairs(tmp_path / "pairs", OracleTeacher(), Experts(tiny_embedder()), total=24, shard_size=3,
-                   image_size=32, progress=False)
     script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_RUN.format(repo=str(Path(__file__).resolve().parents[1]), pairs=str(tmp_path / "pairs"),
+    script.write_text(DDP_RUN.format(repo=str(Path(__file__).resolve().parents[1]), pairs=str(pair_folder.root),
                                      out=str(tmp_path / "run")))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script)], capture_output=True, text=True, timeout=240)
