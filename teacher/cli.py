@@ -97,7 +97,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         description="Swap held-out synthetic-world pairs and score them against the exact swap: face L1, SSIM, "
         "background kept, identity similarity by a --judge embedder the teacher never saw, geometry error. "
         "--ablation adds each guidance term one by one, blending off, three T̂ and the other sampler; several "
-        "--preset values run the whole table for each. Writes OUT/<preset>/eval.md, eval.json, sheet.png.\n"
+        "--preset values run the whole table for each. Writes OUT/<preset>/eval.md, eval.json, sheet.png, and "
+        "OUT/samples.png + samples.md: unguided samples of held-out identities and whether they follow them (the "
+        "judge's similarity to their own identity vs another's; how far a sample moves when only its identity "
+        "changes vs only its noise).\n"
         "  distilswap teacher evaluate --teacher models/teacher/step_0003000.safetensors --experts models/experts \\\n"
         "      --judge runs/judge --preset demo --preset demo_official --ablation --out runs/teacher_eval")
     evaluate.add_argument("--teacher", required=True, help="teacher weights (.safetensors)")
@@ -400,10 +403,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from facekit.errors import UserError
     from facekit.experts.expert_loader import load_embedder
-    from facekit.files import make_dir
     from teacher.checkpoint import load_teacher
-    from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
-                                  write_samples)
+    from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, identity_dependence, unguided_samples,
+                                  write_report, write_samples)
     from teacher.experts import load_experts
     from teacher.sampling import load_swap_config
 
@@ -412,9 +414,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, _ = load_teacher(args.teacher, args.device)
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     judge = load_embedder(args.judge)
-    make_dir(args.out)
-    write_samples(*unguided_samples(model, experts, seed=HELD_OUT_SEED if args.seed is None else args.seed),
-                  Path(args.out) / "samples.png")
+    seed = HELD_OUT_SEED if args.seed is None else args.seed
+    faces, samples = unguided_samples(model, experts, seed=seed)
+    print(write_samples(faces, samples, identity_dependence(model, experts, judge, faces, samples, seed=seed), args.out))
     for preset in args.preset or ["official"]:
         overrides = _sampling_overrides(args)
         if experts.gaze is None:
@@ -422,7 +424,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = load_swap_config(preset, overrides)
         variants = ablation(config, experts.gaze is not None) if args.ablation else {"full": {}}
         results, swaps, job = evaluate_teacher(model, experts, judge, config, variants, args.pairs, args.batch_size,
-                                               HELD_OUT_SEED if args.seed is None else args.seed, args.device)
+                                               seed, args.device)
         out = write_report(results, swaps, job, Path(args.out) / Path(preset).stem)
         print((out / "eval.md").read_text())
     return 0

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facekit.files import atomic_write_text, make_dir
@@ -95,11 +96,50 @@ def unguided_samples(model: nn.Module, experts: Experts, count: int = 16, steps:
     """(held-out faces, the teacher's samples from pure noise conditioned on each face's identity), [0,1]:
     does the teacher generate faces, and faces of the right person?"""
     job = synthetic_job(seed, count, model.config.image_size)
-    faces = to_model(job.source)
+    return job.source, generate(model, experts, job.source, steps, seed)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, experts: Experts, faces: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """Samples from pure noise (drawn from `seed`) conditioned on each face's identity; no guidance, [0,1]. The
+    target is blank: the start x_T = √ᾱ_T·target + noise would otherwise carry a trace of the face."""
+    faces = to_model(faces).to(next(model.parameters()).device)
     config = SwapConfig(respacing=steps, skip=0, sampler="ddim", **OFF, mask_ramp=1)
-    result = guided_swap(model, experts, faces, faces, config, mask=torch.ones_like(faces[:, :1]),
+    result = guided_swap(model, experts, faces, torch.zeros_like(faces), config, mask=torch.ones_like(faces[:, :1]),
                          generator=torch.Generator().manual_seed(seed))
-    return job.source, (result.swap + 1) / 2
+    return ((result.swap + 1) / 2).cpu()
+
+
+@torch.no_grad()
+def identity_dependence(model: nn.Module, experts: Experts, judge: nn.Module, faces: torch.Tensor,
+                        samples: torch.Tensor, steps: int = 50, seed: int = HELD_OUT_SEED) -> dict[str, float]:
+    """Do the unguided samples show the person they are conditioned on? The judge's similarity of each sample
+    to its own face against another held-out face, and how much a sample moves when only its identity changes
+    (the same noise, the next face's identity) against when only its noise does. A teacher that ignores its
+    identity scores the same similarity twice and an identity change near 0; guidance then does all the work."""
+    moved_identity = generate(model, experts, faces.roll(1, 0), steps, seed)
+    moved_noise = generate(model, experts, faces, steps, seed + 1)
+    z_samples, z_faces = judge(samples)[0], judge(faces)[0]
+    return {"judge similarity to its own identity": float(F.cosine_similarity(z_samples, z_faces).mean()),
+            "judge similarity to another identity": float(F.cosine_similarity(z_samples, z_faces.roll(1, 0)).mean()),
+            "change when only the identity changes": float((moved_identity - samples).abs().mean()),
+            "change when only the noise changes": float((moved_noise - samples).abs().mean())}
+
+
+def write_samples(faces: torch.Tensor, samples: torch.Tensor, dependence: dict[str, float], out: str | Path) -> str:
+    """samples.png (two rows per eight: the faces whose identity conditions the samples, then the samples) and
+    samples.md with the identity dependence; returns the markdown."""
+    from torchvision.utils import make_grid
+
+    out = make_dir(out)
+    rows = [t for k in range(0, faces.shape[0], 8) for t in (faces[k:k + 8], samples[k:k + 8])]
+    grid = make_grid(torch.cat(rows), nrow=8, padding=2, pad_value=1.0)
+    write_image(out / "samples.png", grid.permute(1, 2, 0).numpy())
+    text = "\n".join([f"# Unguided samples of {faces.shape[0]} held-out identities (samples.png)", "",
+                      "| does the sample follow its identity? | |", "|---|---:|",
+                      *(f"| {name} | {value:.4f} |" for name, value in dependence.items()), ""])
+    atomic_write_text(out / "samples.md", text)
+    return text
 
 
 def criteria(rows: dict[str, dict[str, float]], name: str) -> list[dict]:
@@ -111,15 +151,6 @@ def criteria(rows: dict[str, dict[str, float]], name: str) -> list[dict]:
               ("background L1 vs target", row["background_l1"], "<=", BACKGROUND_BOUND)]
     return [{"check": c, "value": v, "op": op, "bound": b, "ok": bool(v >= b if op == ">=" else v <= b)}
             for c, v, op, b in checks]
-
-
-def write_samples(faces: torch.Tensor, samples: torch.Tensor, path: str | Path) -> Path:
-    """Two rows per eight: the faces whose identity conditions the samples, then the samples."""
-    from torchvision.utils import make_grid
-
-    rows = [t for k in range(0, faces.shape[0], 8) for t in (faces[k:k + 8], samples[k:k + 8])]
-    grid = make_grid(torch.cat(rows), nrow=8, padding=2, pad_value=1.0)
-    return write_image(path, grid.permute(1, 2, 0).numpy())
 
 
 def write_report(results: dict, swaps: dict[str, torch.Tensor], job, out: str | Path, sheet_pairs: int = 8) -> Path:
