@@ -6,7 +6,7 @@ descriptors to the source and to the target, and top-1 retrieval of the right so
 and expression kept from the target, and the background kept outside the target's face. Two built-in models
 frame the table: `target` returns the target unchanged (the floor: identity of the target, retrieval at
 chance) and `paste` pastes the source's own face onto the target (identity of the source, but the pose and
-expression of the source). Per-pair results are cached under OUT/cache, so a rerun resumes.
+expression of the source). Per-pair results are cached under OUT/cache/v<SCORES_VERSION>, so a rerun resumes.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # (source image, source face, target image, target face) -> result image, all HxWx3 uint8 RGB
 Swap = Callable[[np.ndarray, Face, np.ndarray, Face], np.ndarray]
+# Bumped when a change alters what a cached pair would score; caches of older versions are left in place, unread.
+# 2: video frames turned by their whole display matrix (a rotated clip's frames were scored sideways before).
+SCORES_VERSION = 2
 METRICS = ("id_cos_source", "id_cos_target", "retrieval_top1", "pose_error_deg", "expression_error",
            "background_l1", "background_psnr")
 
@@ -176,6 +179,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     rows: list[dict] = []
     sheet: list[list[np.ndarray]] = []
     features: dict[str, list[np.ndarray]] = {name: [] for name in ["target faces", *models]}
+    cache = out / "cache" / f"v{SCORES_VERSION}"
     for pair in tqdm(usable, desc="evaluate", unit="pair", disable=not progress):
         source, source_face, _ = faces.source(pair.source)
         target, target_face, target_descriptor = faces.target(pair)
@@ -183,10 +187,10 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
         if inception is not None:  # one feature per pair, computed once per target frame
             target_key = hashlib.sha256(f"{pair.target.resolve()}|{pair.frame}".encode()).hexdigest()[:16]
             features["target faces"].append(_cached_features(
-                out / "cache" / "target_faces" / f"{target_key}.inception.npy",
+                cache / "target_faces" / f"{target_key}.inception.npy",
                 lambda: inception([_face_tile(target, target_face, FID_CROP)])[0]))
         for name, swap in models.items():
-            cached = out / "cache" / slugs[name] / f"{pair.key}.json"
+            cached = cache / slugs[name] / f"{pair.key}.json"
             result = None
             row = _cached_row(cached)
             # a cached row serves when it has every judge asked for this time (and the features, for FID)

@@ -84,6 +84,19 @@ def test_the_command_line_resumes_from_its_cache_and_lists_pairs_without_faces(p
         (photos / "targets" / "wall.png").unlink()
 
 
+def test_rows_cached_by_an_older_scoring_are_scored_again_and_left_in_place(photos, tmp_path):
+    """Rows cached before a scoring fix (e.g. sideways video frames) would otherwise keep their wrong scores."""
+    pairs = list_pairs(photos / "sources", photos / "targets", None)[:1]
+    fresh = evaluate({"target": lambda s, sf, t, tf: t}, pairs, tmp_path / "new", DlibDetector(), progress=False)
+    (row_file,) = (tmp_path / "new" / "cache").rglob("*.json")
+    old = tmp_path / "old" / "cache" / row_file.parent.name / row_file.name  # the layout before versions
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({**json.loads(row_file.read_text()), "id_cos_source": 0.99}))
+    again = evaluate({"target": lambda s, sf, t, tf: t}, pairs, tmp_path / "old", DlibDetector(), progress=False)
+    assert again["models"]["target"]["id_cos_source"] == pytest.approx(fresh["models"]["target"]["id_cos_source"])
+    assert json.loads(old.read_text())["id_cos_source"] == 0.99  # the user's old cache is not touched
+
+
 def test_a_judge_added_later_rescores_the_cached_rows(photos, tmp_path):
     from facekit.experts.expert_loader import load_embedder
 
