@@ -275,7 +275,8 @@ def _writer(out: Path):
 def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred_xstart: torch.Tensor,
                 step: int) -> None:
     """Rows: clean faces; the model's one-step x̂0 (random t); short unguided DDIM samples from each face
-    noised halfway, conditioned on its own identity and on its neighbour's (is the condition used?)."""
+    noised halfway, conditioned on its own identity and on its neighbour's (is the condition used?), and the
+    mean change between those two rows as a scalar."""
     from torchvision.utils import make_grid
 
     from .sampling import SwapConfig, guided_swap
@@ -289,6 +290,8 @@ def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred
     other = guided_swap(ema, experts, faces.roll(1, 0), faces, preview, mask=ones,
                         generator=torch.Generator().manual_seed(0))
     rows = [faces, pred_xstart[:n].detach().float().clamp(-1, 1), own.swap, other.swap]
+    # [0,1] pixels; near 0 while the model ignores its identity (README: the shipped teacher)
+    writer.add_scalar("train/identity_change", float((own.swap - other.swap).abs().mean() / 2), step)
     writer.add_image("train/x0_predx0_own-id_other-id", (make_grid(torch.cat(rows), nrow=n) + 1) / 2, step)
 
 
