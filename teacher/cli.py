@@ -98,7 +98,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "background kept, identity similarity by a --judge embedder the teacher never saw, geometry error. "
         "--ablation adds each guidance term one by one, blending off, three T̂ and the other sampler; several "
         "--preset values run the whole table for each. Writes OUT/<preset>/eval.md, eval.json, sheet.png, and "
-        "OUT/samples.png + samples.md: unguided samples of held-out identities and whether they follow them (the "
+        "OUT/samples.png + samples.md/.json: unguided samples of held-out identities and whether they follow them (the "
         "judge's similarity to their own identity vs another's; how far a sample moves when only its identity "
         "changes vs only its noise).\n"
         "  distilswap teacher evaluate --teacher models/teacher/step_0003000.safetensors --experts models/experts \\\n"

@@ -6,6 +6,9 @@ The do-nothing floor is the target itself, the ceiling the ground truth. A teach
 full sampler, identity similarity to the source is at least halfway from floor to ceiling, the face error
 against the truth is at least 25 % below the floor's, and the background differs from the target by
 ≤ 0.01 (mean absolute, [0,1] pixels).
+
+Before the swaps, unguided samples of held-out identities show whether the teacher itself generates the person
+it is conditioned on, or leaves that to guidance (`identity_dependence`).
 """
 from __future__ import annotations
 
@@ -127,8 +130,8 @@ def identity_dependence(model: nn.Module, experts: Experts, judge: nn.Module, fa
 
 
 def write_samples(faces: torch.Tensor, samples: torch.Tensor, dependence: dict[str, float], out: str | Path) -> str:
-    """samples.png (two rows per eight: the faces whose identity conditions the samples, then the samples) and
-    samples.md with the identity dependence; returns the markdown."""
+    """samples.png (two rows per eight: the faces whose identity conditions the samples, then the samples),
+    samples.md and samples.json with the identity dependence; returns the markdown."""
     from torchvision.utils import make_grid
 
     out = make_dir(out)
@@ -139,6 +142,7 @@ def write_samples(faces: torch.Tensor, samples: torch.Tensor, dependence: dict[s
                       "| does the sample follow its identity? | |", "|---|---:|",
                       *(f"| {name} | {value:.4f} |" for name, value in dependence.items()), ""])
     atomic_write_text(out / "samples.md", text)
+    atomic_write_text(out / "samples.json", json.dumps(dependence, indent=1))
     return text
 
 
