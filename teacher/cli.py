@@ -404,8 +404,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from facekit.errors import UserError
     from facekit.experts.expert_loader import load_embedder
     from teacher.checkpoint import load_teacher
-    from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, identity_dependence, unguided_samples,
-                                  write_report, write_samples)
+    from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
+                                  write_samples)
     from teacher.experts import load_experts
     from teacher.sampling import load_swap_config
 
@@ -415,8 +415,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     judge = load_embedder(args.judge)
     seed = HELD_OUT_SEED if args.seed is None else args.seed
-    faces, samples = unguided_samples(model, experts, seed=seed)
-    print(write_samples(faces, samples, identity_dependence(model, experts, judge, faces, samples, seed=seed), args.out))
+    print(write_samples(*unguided_samples(model, experts, judge, seed=seed), args.out))
     for preset in args.preset or ["official"]:
         overrides = _sampling_overrides(args)
         if experts.gaze is None:

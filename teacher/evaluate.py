@@ -8,7 +8,7 @@ against the truth is at least 25 % below the floor's, and the background differs
 ≤ 0.01 (mean absolute, [0,1] pixels).
 
 Before the swaps, unguided samples of held-out identities show whether the teacher itself generates the person
-it is conditioned on, or leaves that to guidance (`identity_dependence`).
+it is conditioned on, or leaves that to guidance (`unguided_samples`).
 """
 from __future__ import annotations
 
@@ -94,12 +94,24 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
 
 
 @torch.no_grad()
-def unguided_samples(model: nn.Module, experts: Experts, count: int = 16, steps: int = 50,
-                     seed: int = HELD_OUT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out faces, the teacher's samples from pure noise conditioned on each face's identity), [0,1]:
-    does the teacher generate faces, and faces of the right person?"""
-    job = synthetic_job(seed, count, model.config.image_size)
-    return job.source, generate(model, experts, job.source, steps, seed)
+def unguided_samples(model: nn.Module, experts: Experts, judge: nn.Module, count: int = 16, steps: int = 50,
+                     seed: int = HELD_OUT_SEED) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(held-out faces, the teacher's samples from pure noise conditioned on each face's identity, [0,1], whether
+    they follow it): does the teacher generate faces, and faces of the right person? The judge's similarity of
+    each sample to its own face against another held-out face, and how much a sample moves when only its
+    identity changes (the same noise, the next face's identity) against when only its noise does. A teacher
+    that ignores its identity scores the same similarity twice and an identity change near 0; guidance then
+    does all the work."""
+    faces = synthetic_job(seed, count, model.config.image_size).source
+    samples = generate(model, experts, faces, steps, seed)
+    moved_identity = generate(model, experts, faces.roll(1, 0), steps, seed)
+    moved_noise = generate(model, experts, faces, steps, seed + 1)
+    z_samples, z_faces = judge(samples)[0], judge(faces)[0]
+    return faces, samples, {
+        "judge similarity to its own identity": float(F.cosine_similarity(z_samples, z_faces).mean()),
+        "judge similarity to another identity": float(F.cosine_similarity(z_samples, z_faces.roll(1, 0)).mean()),
+        "change when only the identity changes": float((moved_identity - samples).abs().mean()),
+        "change when only the noise changes": float((moved_noise - samples).abs().mean())}
 
 
 @torch.no_grad()
@@ -111,22 +123,6 @@ def generate(model: nn.Module, experts: Experts, faces: torch.Tensor, steps: int
     result = guided_swap(model, experts, faces, torch.zeros_like(faces), config, mask=torch.ones_like(faces[:, :1]),
                          generator=torch.Generator().manual_seed(seed))
     return ((result.swap + 1) / 2).cpu()
-
-
-@torch.no_grad()
-def identity_dependence(model: nn.Module, experts: Experts, judge: nn.Module, faces: torch.Tensor,
-                        samples: torch.Tensor, steps: int = 50, seed: int = HELD_OUT_SEED) -> dict[str, float]:
-    """Do the unguided samples show the person they are conditioned on? The judge's similarity of each sample
-    to its own face against another held-out face, and how much a sample moves when only its identity changes
-    (the same noise, the next face's identity) against when only its noise does. A teacher that ignores its
-    identity scores the same similarity twice and an identity change near 0; guidance then does all the work."""
-    moved_identity = generate(model, experts, faces.roll(1, 0), steps, seed)
-    moved_noise = generate(model, experts, faces, steps, seed + 1)
-    z_samples, z_faces = judge(samples)[0], judge(faces)[0]
-    return {"judge similarity to its own identity": float(F.cosine_similarity(z_samples, z_faces).mean()),
-            "judge similarity to another identity": float(F.cosine_similarity(z_samples, z_faces.roll(1, 0)).mean()),
-            "change when only the identity changes": float((moved_identity - samples).abs().mean()),
-            "change when only the noise changes": float((moved_noise - samples).abs().mean())}
 
 
 def write_samples(faces: torch.Tensor, samples: torch.Tensor, dependence: dict[str, float], out: str | Path) -> str:
