@@ -1,7 +1,9 @@
 """Training the identity-conditional teacher (DiffFace Algorithm 1).
 
 loss = ‖ε − ε̂‖² + VLB (learned sigma, guided-diffusion's hybrid loss) + λ·(1 − cos(D_I(x0), D_I(x̂0))),
-conditioned on D_I(x0), the identity of the clean image itself. One script for one CPU and for torchrun
+conditioned on D_I(x0), the identity of the clean image itself; with `identity_dropout` (ours, off by default) that
+share of each batch is conditioned on the zero identity instead, so that the teacher also learns the unconditional
+model classifier-free guidance needs (`SwapConfig.cfg_scale`). One script for one CPU and for torchrun
 (DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
 
 Run layout (`out/`):
@@ -65,6 +67,7 @@ class TrainConfig:
     init: str | None = None  # teacher weights (.safetensors) a new run starts from instead of random ones
     focus_timesteps: tuple[int, int] | None = None  # [lo, hi): the noise levels a fine-tune spends focus_share on
     focus_share: float = 0.0  # 0: t uniform over all steps, as DiffFace
+    identity_dropout: float = 0.0  # share of samples conditioned on the zero identity; 0: always conditioned, as DiffFace
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
@@ -97,7 +100,7 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 # the pairs built on them would otherwise lie).
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
                    "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
-                   "focus_timesteps", "focus_share")
+                   "focus_timesteps", "focus_share", "identity_dropout")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -112,6 +115,8 @@ def _check_values(config: TrainConfig, where: str) -> None:
                         f"({config.diffusion_steps}), got {list(focus)}")
     if not 0 <= config.focus_share <= 1 or (config.focus_share and focus is None):
         raise UserError(f"{where}: focus_share must lie in [0, 1] and needs focus_timesteps, got {config.focus_share}")
+    if not 0 <= config.identity_dropout < 1:
+        raise UserError(f"{where}: identity_dropout must lie in [0, 1), got {config.identity_dropout}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -126,6 +131,13 @@ def data_workers(config: TrainConfig, device: torch.device, world: int) -> int:
     if device.type == "cpu":
         return 0
     return max(1, min(8, (os.cpu_count() or 1) // world - 1))
+
+
+def snapshot_metadata(step: int, fraction: float, config: TrainConfig) -> dict:
+    """What a snapshot records besides its weights: where in training it was taken, and whether it learned the
+    unconditional model (sampling refuses classifier-free guidance with a teacher that did not)."""
+    return {"step": step, "fraction": fraction, "snapshot_id": f"step_{step:07d}", "total_steps": config.steps,
+            "identity_dropout": config.identity_dropout}
 
 
 def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]:
@@ -205,8 +217,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
                 _log_images(writer, ema.model, experts, x0, terms["pred_xstart"], step)
             if step in snapshots:
                 save_weights(ema.model, out / "snapshots" / f"step_{step:07d}.safetensors",
-                             {"step": step, "fraction": snapshots[step], "snapshot_id": f"step_{step:07d}",
-                              "total_steps": config.steps})
+                             snapshot_metadata(step, snapshots[step], config))
             if step % config.checkpoint_every == 0 or step == last or interrupted.raised:
                 _save_checkpoint(out, model, ema, optimizer, data_rng, step, config)
         if interrupted.raised:
@@ -254,8 +265,11 @@ def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Exper
     t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, config, x0.device)
     noise = torch.randn_like(x0)
     x_t = diffusion.q_sample(x0, t, noise)
+    condition = identity
+    if config.identity_dropout:  # drawn only when on: runs without it draw what they always drew
+        condition = identity * (torch.rand(x0.shape[0], 1, device=x0.device) >= config.identity_dropout)
     with torch.autocast(x0.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        output = diffusion.run_model(model, x_t, t, identity)
+        output = diffusion.run_model(model, x_t, t, condition)
     terms = diffusion.training_losses(output, x0, x_t, t, noise)
     loss = terms["mse"] + terms.get("vb", torch.zeros_like(terms["mse"]))
     if config.lambda_id:
@@ -321,8 +335,7 @@ def _extension(out: Path, step: int, config: TrainConfig) -> None:
             continue
         model = UNetModel(UNetConfig.from_dict(meta["unet_config"]))
         model.load_state_dict(load_file(str(path)))
-        save_weights(model, path, {"step": snap_step, "fraction": kept[snap_step], "snapshot_id": path.stem,
-                                   "total_steps": config.steps})
+        save_weights(model, path, snapshot_metadata(snap_step, kept[snap_step], config))
 
 
 def _checkpoint_paths(out: Path, step: int) -> dict[str, Path]:
