@@ -252,6 +252,9 @@ def _add_sampling_args(parser: argparse.ArgumentParser, multiple: bool = False) 
     group.add_argument("--views", type=int, help="extending augmentation views for identity guidance (8)")
     group.add_argument("--mask-ramp", type=int, dest="mask_ramp",
                        help="T̂: larger keeps more of the source's face shape, smaller more target structure")
+    group.add_argument("--cfg-scale", type=float, dest="cfg_scale",
+                       help="classifier-free guidance on the identity (1 = off, as DiffFace; needs a teacher trained "
+                            "with identity_dropout)")
 
 
 def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
@@ -266,7 +269,7 @@ def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
 
 def _sampling_overrides(args: argparse.Namespace) -> dict:
     keys = ("respacing", "skip", "sampler", "eta", "id_weight", "sem_weight", "gaze_weight", "gaze_window",
-            "target_mse_weight", "views", "mask_ramp")
+            "target_mse_weight", "views", "mask_ramp", "cfg_scale")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -306,7 +309,7 @@ def _swap(args: argparse.Namespace) -> int:
     from facekit.files import make_dir
     from facekit.faces.imageio import write_image
     from teacher.experts import load_experts, to_model
-    from teacher.sampling import guided_swap, load_swap_config
+    from teacher.sampling import check_teacher, guided_swap, load_swap_config
 
     if bool(args.teacher) == bool(args.official):
         raise UserError("pass exactly one of --teacher (our weights) or --official (DiffFace's Model.pt)")
@@ -316,12 +319,13 @@ def _swap(args: argparse.Namespace) -> int:
         from teacher.checkpoint import load_official
         from teacher.unet import load_unet_config
 
-        model = load_official(args.official, load_unet_config(args.unet)).to(args.device).eval()
+        model, metadata = load_official(args.official, load_unet_config(args.unet)).to(args.device).eval(), {}
     else:
         from teacher.checkpoint import load_teacher
 
-        model, _ = load_teacher(args.teacher, args.device)
+        model, metadata = load_teacher(args.teacher, args.device)
     config = load_swap_config(args.preset, _sampling_overrides(args))
+    check_teacher(config, metadata, args.teacher or args.official)
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     for module in (experts.embedder, experts.parser):
         if module is not None:
@@ -407,20 +411,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
                                   write_samples)
     from teacher.experts import load_experts
-    from teacher.sampling import load_swap_config
+    from teacher.sampling import check_teacher, load_swap_config
 
     if args.pairs < 1 or args.batch_size < 1:
         raise UserError(f"--pairs and --batch-size must be at least 1, got {args.pairs} and {args.batch_size}")
-    model, _ = load_teacher(args.teacher, args.device)
+    model, metadata = load_teacher(args.teacher, args.device)
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
+    overrides = _sampling_overrides(args)
+    if experts.gaze is None:
+        overrides["gaze_weight"] = 0
+    configs = {preset: load_swap_config(preset, overrides) for preset in args.preset or ["official"]}
+    for config in configs.values():
+        check_teacher(config, metadata, args.teacher)
     judge = load_embedder(args.judge)
     seed = HELD_OUT_SEED if args.seed is None else args.seed
-    print(write_samples(*unguided_samples(model, experts, judge, seed=seed), args.out))
-    for preset in args.preset or ["official"]:
-        overrides = _sampling_overrides(args)
-        if experts.gaze is None:
-            overrides["gaze_weight"] = 0
-        config = load_swap_config(preset, overrides)
+    # unguided, but with the first preset's classifier-free guidance: the teacher's own use of its identity
+    print(write_samples(*unguided_samples(model, experts, judge, seed=seed,
+                                         cfg_scale=next(iter(configs.values())).cfg_scale), args.out))
+    for preset, config in configs.items():
         variants = ablation(config, experts.gaze is not None) if args.ablation else {"full": {}}
         results, swaps, job = evaluate_teacher(model, experts, judge, config, variants, args.pairs, args.batch_size,
                                                seed, args.device)

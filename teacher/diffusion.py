@@ -166,8 +166,20 @@ class GaussianDiffusion:
         return Prediction(eps=eps, pred_xstart=pred_xstart, mean=mean,
                           variance=torch.exp(log_variance), log_variance=log_variance)
 
-    def run_model(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        return model(x_t, self.model_timesteps(t), identity)
+    def run_model(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, identity: torch.Tensor,
+                  cfg_scale: float = 1.0) -> torch.Tensor:
+        """The model's output at step t. With cfg_scale ≠ 1, classifier-free guidance (Ho & Salimans 2022):
+        eps = eps(∅) + s·(eps(identity) − eps(∅)), the unconditional eps from the zero identity (what
+        `identity_dropout` trains), both halves in one batched forward; the variance channels stay conditional."""
+        timesteps = self.model_timesteps(t)
+        if cfg_scale == 1:
+            return model(x_t, timesteps, identity)
+        both = model(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]),
+                     torch.cat([identity, torch.zeros_like(identity)]))
+        conditional, unconditional = both.chunk(2)
+        k = x_t.shape[1]
+        eps = unconditional[:, :k] + cfg_scale * (conditional[:, :k] - unconditional[:, :k])
+        return torch.cat([eps, conditional[:, k:]], dim=1)
 
     # samplers ---------------------------------------------------------------------------------------
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor,

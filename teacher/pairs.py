@@ -141,10 +141,12 @@ class DiffusionTeacher:
     def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu",
                  autocast: torch.dtype | None = None, batch_size: int = 8):
         from .checkpoint import load_teacher
+        from .sampling import check_teacher
 
         self.models, self.snapshots = [], []
         for path in snapshot_paths:
             model, meta = load_teacher(path, device)
+            check_teacher(swap_config, meta, path)
             self.models.append(model)
             self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
                                    "fraction": float(meta.get("fraction", 1.0))})

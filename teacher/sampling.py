@@ -74,6 +74,8 @@ class SwapConfig:
     gaze_window: tuple[int, int] = (10, 50)  # gaze guidance only while lo < t < hi
     target_mse_weight: float = 50.0
     views: int = 8  # extending augmentation for the identity guidance
+    cfg_scale: float = 1.0  # classifier-free guidance on the identity (ours; 1 = off, as DiffFace); needs a teacher
+    # trained with identity_dropout and costs one more UNet forward per step
     mask_ramp: int = 45  # T̂
     schedule: str = "linear"
     diffusion_steps: int = 1000
@@ -93,8 +95,11 @@ class SwapConfig:
         return GaussianDiffusion.create(self.schedule, self.diffusion_steps, self.respacing, learn_sigma)
 
     def to_dict(self) -> dict:
+        """The settings as data; cfg_scale only when on, so pair data sets started before it existed resume."""
         data = asdict(self)
         data["gaze_window"] = list(self.gaze_window)
+        if self.cfg_scale == 1:
+            del data["cfg_scale"]
         return data
 
 
@@ -114,7 +119,17 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
     for name, choices in CHOICES.items():
         if getattr(config, name) not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+    if config.cfg_scale < 0:
+        raise UserError(f"cfg_scale must be ≥ 0 (1 = off), got {config.cfg_scale}")
     return config
+
+
+def check_teacher(config: SwapConfig, metadata: dict, name: str) -> None:
+    """Refuse classifier-free guidance with a teacher that never saw the zero identity: its 'unconditional'
+    eps would be an arbitrary extrapolation, not a model of faces."""
+    if config.cfg_scale != 1 and not metadata.get("identity_dropout"):
+        raise UserError(f"cfg_scale {config.cfg_scale:g} needs a teacher trained with identity_dropout; {name} was "
+                        "not (use cfg_scale 1, or fine-tune it: configs/teacher_cfg_synthetic.yaml)")
 
 
 @dataclass
@@ -164,7 +179,7 @@ def guided_step(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: E
     x_t = x.detach().requires_grad_(guided)
     with torch.set_grad_enabled(guided):
         with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            output = diffusion.run_model(model, x_t, t, guide.source_embedding)
+            output = diffusion.run_model(model, x_t, t, guide.source_embedding, config.cfg_scale)
         pred = diffusion.predict(output, x_t, t, clip=config.clip_denoised)
         grad = torch.zeros_like(x_t)
         if guided:

@@ -6,6 +6,7 @@ import torch
 
 from facekit.errors import UserError
 from teacher.sampling import guided_swap, identity_similarity, load_swap_config
+from teacher.unet import ID_DIM
 from teacher_tiny import tiny_experts, tiny_unet
 
 
@@ -127,3 +128,39 @@ def test_bf16_unet_stays_close_to_fp32(parts):
     full = guided_swap(*args, mask=half_mask(1), generator=torch.Generator().manual_seed(0))
     half = guided_swap(*args, mask=half_mask(1), generator=torch.Generator().manual_seed(0), autocast=torch.bfloat16)
     assert half.valid.all() and (half.swap - full.swap).abs().mean() < 0.1
+
+
+def test_classifier_free_guidance_extrapolates_eps_from_the_zero_identity_and_keeps_the_variance(parts):
+    model, _ = parts
+    diffusion = load_swap_config("official", FAST).diffusion()
+    x, t = images(2, 20), torch.tensor([5, 1])
+    identity = torch.nn.functional.normalize(torch.randn(2, ID_DIM), dim=1)
+    with torch.no_grad():
+        conditional = diffusion.run_model(model, x, t, identity)
+        unconditional = diffusion.run_model(model, x, t, torch.zeros_like(identity))
+        guided = diffusion.run_model(model, x, t, identity, cfg_scale=3.0)
+    assert torch.allclose(guided[:, :3], unconditional[:, :3] + 3 * (conditional[:, :3] - unconditional[:, :3]),
+                          atol=1e-5)
+    assert torch.allclose(guided[:, 3:], conditional[:, 3:], atol=1e-5)  # the learned variance stays conditional
+
+
+def test_classifier_free_guidance_needs_a_teacher_trained_for_it(parts):
+    from teacher.sampling import check_teacher
+
+    model, experts = parts
+    config = load_swap_config("official", {**FAST, "cfg_scale": 2.0})
+    with pytest.raises(UserError, match="cfg_scale 2 needs a teacher trained with identity_dropout; t.safetensors"):
+        check_teacher(config, {"identity_dropout": 0.0}, "t.safetensors")
+    check_teacher(config, {"identity_dropout": 0.2}, "t.safetensors")
+    check_teacher(load_swap_config("official", FAST), {}, "official.pt")  # off: any teacher
+    with pytest.raises(UserError, match="cfg_scale must be ≥ 0"):
+        load_swap_config("official", {"cfg_scale": -1.0})
+    assert "cfg_scale" not in load_swap_config("official").to_dict()  # pair data sets made before it still resume
+    calls = []
+    handle = model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        result = guided_swap(model, experts, images(2, 0), images(2, 1), config, mask=half_mask(2),
+                             generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert result.valid.all() and set(calls) == {4}  # one batched forward: both halves of both pairs

@@ -129,6 +129,7 @@ def test_evaluate_scores_swaps_against_the_truth_with_floor_ceiling_and_ablation
     assert "| check (full sampler) |" in (out / "demo" / "eval.md").read_text()
     assert (out / "samples.png").stat().st_size > 0  # unguided samples conditioned on held-out identities
     dependence = json.loads((out / "samples.json").read_text())  # and whether they follow those identities
-    assert set(dependence) == {"judge similarity to its own identity", "judge similarity to another identity",
+    assert set(dependence) == {"classifier-free guidance scale (1 = off)",
+                               "judge similarity to its own identity", "judge similarity to another identity",
                                "change when only the identity changes", "change when only the noise changes"}
     assert "| change when only the identity changes |" in (out / "samples.md").read_text()

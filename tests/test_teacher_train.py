@@ -126,6 +126,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"data_workers": -1}, "data_workers must be a whole number ≥ 0"),
     ({"focus_timesteps": [500, 2000]}, r"focus_timesteps must be two whole numbers 0 ≤ lo < hi ≤ diffusion_steps"),
     ({"focus_share": 0.5}, "focus_share must lie in .* and needs focus_timesteps, got 0.5"),
+    ({"identity_dropout": 1.0}, r"identity_dropout must lie in \[0, 1\), got 1.0"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
@@ -158,6 +159,25 @@ def test_a_fine_tune_starts_from_its_init_and_spends_its_share_on_the_focus(tmp_
     uniform = sample_timesteps(8, 1000, plain, torch.device("cpu"))
     torch.manual_seed(0)
     assert torch.equal(uniform, torch.randint(0, 1000, (8,)))  # runs without a focus draw what they always drew
+
+
+def test_identity_dropout_conditions_its_share_on_the_zero_identity_and_snapshots_record_it(tmp_path, monkeypatch):
+    from teacher.diffusion import GaussianDiffusion
+
+    conditions = []
+    run_model = GaussianDiffusion.run_model
+    monkeypatch.setattr(GaussianDiffusion, "run_model",
+                        lambda self, model, x, t, identity, *a: (x.shape[0] == 16 and conditions.append(identity))
+                        or run_model(self, model, x, t, identity, *a))  # the training batches, not the previews
+    out = train(config(tmp_path, "dropout", identity_dropout=0.5, batch_size=16, image_every=100), tiny_experts())
+    rows = torch.cat(conditions)
+    dropped = rows.abs().sum(dim=1) == 0
+    assert 0.25 < float(dropped.float().mean()) < 0.75, float(dropped.float().mean())  # 64 rows at p = 0.5
+    assert torch.allclose(rows[~dropped].norm(dim=1), torch.ones(int((~dropped).sum())), atol=1e-4)  # the rest: D_I(x0)
+    _, metadata = load_teacher(out / "snapshots/step_0000004.safetensors")
+    assert metadata["identity_dropout"] == 0.5  # what sampling checks before classifier-free guidance
+    with pytest.raises(UserError, match="identity_dropout 0.5 → 0.2"):  # fixed on resume
+        train(config(tmp_path, "dropout", identity_dropout=0.2, batch_size=16, steps=6), tiny_experts())
 
 
 def test_a_fine_tune_of_another_unet_is_one_clear_error(tmp_path):
