@@ -234,7 +234,7 @@ def _add_expert_args(parser: argparse.ArgumentParser, guidance: bool) -> None:
 
 def _add_sampling_args(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
     group = parser.add_argument_group("sampling (override the preset)")
-    presets = "official | fixed | paper | demo | demo_official, or a YAML file (teacher/presets/swap_*.yaml)"
+    presets = "official | fixed | paper | demo | demo_official | demo_cfg, or a YAML file (teacher/presets/swap_*.yaml)"
     if multiple:
         group.add_argument("--preset", action="append", help=presets + "; repeat to compare (default official)")
     else:
