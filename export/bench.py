@@ -22,6 +22,7 @@ from facekit.errors import UserError
 BENCH_NAME = "bench"  # the identity name of the bench's own export
 RANDOM_IDENTITY_SEED = 0
 SESSION_REPEATS = 3
+PROFILE_RUNS = 50  # profiled runs of the baked graph (fewer when --runs is smaller)
 TARGETS = {
     "baked_p50_ms_1_thread": 12.0,
     "dynamic_over_baked": 2.2,
@@ -127,6 +128,7 @@ def run_bench(options: BenchOptions) -> dict:
     report["peers"] = _peer_counts(options, subject, artifacts_dir, peer_path)
     report["latency"] = _latency(options, subject, artifacts_dir, peer_path, formats)
     report["session_creation_ms"] = _session_creation(subject, artifacts_dir, peer_path)
+    report["kernel_profile"] = _kernel_profile(options, subject, artifacts_dir, out)
     report["machine"]["load_average_after"] = os.getloadavg()[0]
     report["ratios"] = _ratios(report, options.threads)
     report["targets"] = _targets(report)
@@ -286,6 +288,14 @@ def _identity_weights(subject: _Subject) -> dict[str, np.ndarray]:
     """The 18 identity conv weights the injector makes for the bench identity (inputs of the dynamic graph)."""
     with torch.no_grad():
         return {k: v[0].numpy() for k, v in subject.model.identity_weights(subject.embedding, subject.feature_map).items()}
+
+
+def _kernel_profile(options: BenchOptions, subject: _Subject, artifacts_dir: Path, out: Path) -> dict:
+    """The baked graph's kernels on one thread: what its latency above is made of (trace kept for Perfetto)."""
+    from export.kernel_profile import kernel_profile
+
+    return kernel_profile(artifacts_dir / layout.baked(BENCH_NAME), {"target": subject.target.numpy()},
+                          min(options.runs, PROFILE_RUNS), options.warmup, out / "kernel_profile.json")
 
 
 def _session_creation(subject: _Subject, artifacts_dir: Path, peer_path: Path) -> dict[str, float]:

@@ -50,6 +50,7 @@ def write_markdown(report: dict, path: str | Path) -> Path:
     lines += ["", "## Latency (ms)", "", "| measurement | p50 | p90 | p99 | runs |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {v['runs']} |"
               for name, v in report["latency"].items()]
+    lines += _profile_lines(report["kernel_profile"])
     lines += ["", "## Session creation (ms, median of 3)", "", "| graph | ms |", "|---|---:|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in report["session_creation_ms"].items()]
     lines += ["", "## Ratios (same run)", "", "| ratio | value |", "|---|---:|"]
@@ -73,6 +74,19 @@ def write_markdown(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _profile_lines(profile: dict, top: int = 10) -> list[str]:
+    lines = ["", "## Where the time goes (ONNX Runtime kernel profile: baked graph, 1 thread, median per node)", "",
+             "| op | ms | share | nodes |", "|---|---:|---:|---:|"]
+    lines += [f"| {row['op']} | {row['ms']:.2f} | {100 * row['share']:.1f}% | {row['nodes']} |" for row in profile["by_op"]]
+    lines += ["", f"Its {top} costliest nodes (`_nchwc`: ORT's blocked-channel x86 layout, output channels padded to the "
+              "block):", "", "| node | op | output shape | ms | share |", "|---|---|---|---:|---:|"]
+    lines += [f"| `{row['node']}` | {row['op']} | {row['output_shape']} | {row['ms']:.3f} | {100 * row['share']:.1f}% |"
+              for row in profile["nodes"][:top]]
+    lines += ["", f"Kernel time in all: {profile['kernel_ms']:.2f} ms (the p50 above also counts the runtime's work "
+              "between kernels). Every node and run: `kernel_profile.json` (open it in Perfetto or chrome://tracing)."]
+    return lines
 
 
 def write_chart(report: dict, path: str | Path) -> Path:

@@ -60,8 +60,31 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     markdown = (out / "bench.md").read_text()
     assert "fewer MACs" in markdown and "| ort_baked_1t |" in markdown and "| inswapper_like |" in markdown
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    profile = report["kernel_profile"]  # the baked graph's kernels, from ORT's own profiler
+    assert "Conv" in {row["op"] for row in profile["by_op"]} and profile["nodes"][0]["ms"] > 0
+    assert abs(sum(row["share"] for row in profile["by_op"]) - 1) < 1e-6
+    assert any(event.get("cat") == "Node" for event in json.loads((out / "kernel_profile.json").read_text()))
+    assert "## Where the time goes" in markdown and f"`{profile['nodes'][0]['node']}`" in markdown
     assert "than a SimSwap-class generator" in capsys.readouterr().out
     assert distilswap.main(argv) == 2  # a finished bench is not overwritten without --force
+
+
+def test_kernel_profile_takes_medians_after_warmup_and_totals_per_op():
+    from export.kernel_profile import summarise
+
+    def kernel(name, op, ms, shape):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": ms * 1e3,
+                "args": {"op_name": op, "output_type_shape": [{"float": shape}]}}
+
+    events = [{"cat": "Session", "name": "model_run", "dur": 1}]
+    for run, (a, b, c) in enumerate([(90.0, 9.0, 9.0), (3.0, 1.0, 1.0), (5.0, 1.0, 2.0), (4.0, 1.0, 1.0)]):
+        events += [kernel("conv_a_nchwc", "Conv", a, [1, 8, 4, 4]), kernel("conv_b", "Conv", b, [1, 3, 8, 8]),
+                   kernel("up", "Upsample", c, [1, 8, 8, 8]), {"cat": "Node", "name": "up_fence_before", "dur": 99}]
+    profile = summarise(events, warmup=1)  # the first run (90 ms) is warm-up and must not count
+    assert [(n["node"], n["ms"]) for n in profile["nodes"]] == [("conv_a_nchwc", 4.0), ("conv_b", 1.0), ("up", 1.0)]
+    assert profile["kernel_ms"] == 6.0 and profile["nodes"][0]["output_shape"] == [1, 8, 4, 4]
+    assert [(r["op"], r["ms"], r["nodes"]) for r in profile["by_op"]] == [("Conv", 5.0, 2), ("Upsample", 1.0, 1)]
+    assert profile["by_op"][0]["share"] == 5 / 6
 
 
 @pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--runs", "0")])
