@@ -139,17 +139,29 @@ def _add_ship(commands: argparse._SubParsersAction) -> None:
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
-        "bench", help="time guided sampling: per-step cost vs one UNet forward+backward, swaps/minute",
+        "bench", help="time guided sampling: swaps/minute per batch and UNet variant, ours vs the official loop",
         formatter_class=RAW,
-        description="Timing only (random weights are fine). Example:\n"
-        "  distilswap teacher bench --unet demo_64 --preset demo --batch-size 8 --threads 2")
+        description="Timing only (random weights are fine). Each batch size x variant: a guided step of ours (one "
+        "UNet pass) and of the official loop (two passes) in the same rounds, swaps/minute, and the speed-up over "
+        "the official loop as the original runs it (one pair at a time, fp32). Examples:\n"
+        "  distilswap teacher bench --unet demo_64 --preset demo --batch-size 8 --threads 2\n"
+        "  distilswap teacher bench --unet official_256 --preset official --random-experts official \\\n"
+        "      --device cuda --batch-size 8,16,32 --variants fp32,bf16,bf16+channels_last,bf16+channels_last+compile "
+        "--out runs/teacher_bench256")
     bench.add_argument("--teacher", help="teacher weights (default: a random UNet of --unet)")
     bench.add_argument("--unet", default="demo_64", help="UNet preset or YAML when no --teacher")
     _add_expert_args(bench, guidance=True)
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--random-experts", choices=("small", "official"), default="small",
+                       help="without --experts/--arcface: random experts at small widths, or at the official sizes "
+                       "(IR-SE ArcFace, BiSeNet at 512, EyeNet gaze) for the official configuration's cost")
+    bench.add_argument("--batch-size", default="8", help="one batch size or a comma list, e.g. 8,16,32")
+    bench.add_argument("--variants", default="fp32",
+                       help="how the UNet runs, comma list of fp32 or bf16 joined with channels_last and compile by "
+                       "'+' (default fp32; bf16 pays only where the CPU or GPU computes it)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed rounds (medians are reported)")
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--out", help="folder for bench.json and bench.md (default: print the table only)")
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
 
@@ -360,16 +372,23 @@ def _swap(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     import torch
 
     from facekit.errors import UserError
-    from teacher.bench import bench_sampling
-    from teacher.experts import Experts, load_experts
+    from teacher.bench import bench_grid, markdown, parse_variants
     from teacher.sampling import load_swap_config
 
-    if args.batch_size < 1 or args.repeats < 1:
+    try:
+        batches = [int(b) for b in args.batch_size.split(",")]
+    except ValueError:
+        batches = [0]
+    if min(batches) < 1 or args.repeats < 1:
         raise UserError(f"--batch-size and --repeats must be at least 1, got {args.batch_size} and {args.repeats}")
+    variants = parse_variants(args.variants)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.teacher:
@@ -380,26 +399,44 @@ def _bench(args: argparse.Namespace) -> int:
         from teacher.unet import UNetModel, load_unet_config
 
         model = UNetModel(load_unet_config(args.unet)).to(args.device).eval()
-    if args.experts or args.arcface:
-        experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
-    else:  # timing only: facekit's architectures at small widths, random weights
-        from facekit.experts.arcface import IRSEArcFace
-        from facekit.experts.bisenet import BiSeNet
-        from facekit.experts.frozen import freeze
-
-        experts = Experts(freeze(IRSEArcFace(blocks=(2, 2, 2, 2), widths=(16, 32, 64, 128))),
-                          freeze(BiSeNet(width=0.25, input_size=model.config.image_size)))
-        print("experts: random small IR-SE (2,2,2,2 blocks, widths 16-128) and BiSeNet (width 0.25)")
-    for module in (experts.embedder, experts.parser):
-        if module is not None:
-            module.to(args.device)
+    experts = _bench_experts(args, model.config.image_size)
     overrides = _sampling_overrides(args)
     if experts.gaze is None:
         overrides["gaze_weight"] = 0
     config = load_swap_config(args.preset, overrides)
-    result = bench_sampling(model, experts, config, args.batch_size, args.repeats, args.device)
-    print(json.dumps({"threads": torch.get_num_threads(), "preset": args.preset, **result}, indent=1))
+    report = bench_grid(model, experts, config, batches, variants, args.repeats, args.device)
+    title = f"Teacher sampling cost: {args.teacher or args.unet}, preset {args.preset}"
+    table = markdown(report, title)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=1))
+        (out / "bench.md").write_text(table)
+    print(table)
     return 0
+
+
+def _bench_experts(args: argparse.Namespace, image_size: int):
+    """The experts to time: the user's, or random ones (small, or at the official sizes)."""
+    from facekit.experts.arcface import IRSEArcFace
+    from facekit.experts.bisenet import BiSeNet
+    from facekit.experts.eyenet import EyeNet
+    from facekit.experts.frozen import freeze
+    from teacher.experts import Experts, load_experts
+
+    if args.experts or args.arcface:
+        experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
+    elif args.random_experts == "official":
+        experts = Experts(freeze(IRSEArcFace()), freeze(BiSeNet()), freeze(EyeNet()))
+        print("experts: random, at the official sizes (IR-SE ArcFace, BiSeNet at 512², EyeNet)")
+    else:
+        experts = Experts(freeze(IRSEArcFace(blocks=(2, 2, 2, 2), widths=(16, 32, 64, 128))),
+                          freeze(BiSeNet(width=0.25, input_size=image_size)))
+        print("experts: random small IR-SE (2,2,2,2 blocks, widths 16-128) and BiSeNet (width 0.25)")
+    for module in (experts.embedder, experts.parser, experts.gaze):
+        if module is not None:
+            module.to(args.device)
+    return experts
 
 
 def _evaluate(args: argparse.Namespace) -> int:
