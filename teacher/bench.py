@@ -157,11 +157,11 @@ def markdown(report: dict, title: str) -> str:
              "|---:|---|---:|---:|---:|---:|---:|"]
     for row in report["rows"]:
         lines.append(f"| {row['batch']} | {row['variant']} | {1e3 * row['guided_step_s']:.1f} | "
-                     f"{row['swaps_per_minute']:.1f} | {1e3 * row['two_pass_step_s']:.1f} | "
+                     f"{row['swaps_per_minute']:.3g} | {1e3 * row['two_pass_step_s']:.1f} | "
                      f"{row['two_pass_over_one_pass']:.2f} | {row['over_official_loop']:.1f} |")
     official = report["official_loop"]
     lines += ["", f"The official loop (one pair at a time, fp32, the UNet twice a step): "
-              f"{1e3 * official['two_pass_step_s']:.1f} ms a step, {official['two_pass_swaps_per_minute']:.2f} swaps/min "
+              f"{1e3 * official['two_pass_step_s']:.1f} ms a step, {official['two_pass_swaps_per_minute']:.3g} swaps/min "
               f"({60 / official['two_pass_swaps_per_minute']:.1f} s a swap). Our step at batch 1, fp32: "
               f"{1e3 * official['guided_step_s']:.1f} ms, {official['step_over_forward_backward']:.2f}× one UNet "
               "forward+backward. First-call seconds (allocation, compilation) are in bench.json as warmup_s."]
