@@ -78,17 +78,18 @@ def bench_sampling(model: torch.nn.Module, experts: Experts, config: SwapConfig,
     steps = diffusion.num_timesteps - config.skip
     autocast = torch.bfloat16 if variant.bf16 else None
     noise = torch.randn(x.shape, generator=generator).to(device)
+    timed = [int(i) for i in np.linspace(steps - 1, 0, min(TIMED_STEPS, steps)).round()]
 
     def one_pass() -> None:
-        for i in np.linspace(steps - 1, 0, min(TIMED_STEPS, steps)).round().astype(int):
-            guided_step(unet, diffusion, experts, config, guide, x, int(i), noise, noise, generator, autocast)
+        for i in timed:
+            guided_step(unet, diffusion, experts, config, guide, x, i, noise, noise, generator, autocast)
 
     def two_pass() -> None:
-        for i in np.linspace(steps - 1, 0, min(TIMED_STEPS, steps)).round().astype(int):
-            t = torch.full((batch,), int(i), device=device, dtype=torch.long)
+        for i in timed:
+            t = torch.full((batch,), i, device=device, dtype=torch.long)
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=variant.bf16):
                 diffusion.run_model(unet, x, t, guide.source_embedding, config.cfg_scale)  # p_mean_variance
-            guided_step(unet, diffusion, experts, config, guide, x, int(i), noise, noise, generator, autocast)
+            guided_step(unet, diffusion, experts, config, guide, x, i, noise, noise, generator, autocast)
 
     def forward_backward() -> None:
         x_in = x.detach().requires_grad_(True)
@@ -99,8 +100,7 @@ def bench_sampling(model: torch.nn.Module, experts: Experts, config: SwapConfig,
 
     calls = {"forward_backward": forward_backward, "one_pass": one_pass, "two_pass": two_pass}
     warmup_s, times = _time_interleaved(calls, repeats, device)
-    n = min(TIMED_STEPS, steps)
-    step, two_pass_step = times["one_pass"] / n, times["two_pass"] / n
+    step, two_pass_step = times["one_pass"] / len(timed), times["two_pass"] / len(timed)
     return {"batch": batch, "variant": variant.name, "image_size": size, "steps": steps,
             "unet_forward_backward_s": times["forward_backward"], "guided_step_s": step,
             "two_pass_step_s": two_pass_step, "step_over_forward_backward": step / times["forward_backward"],
