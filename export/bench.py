@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from export import layout
 from facekit.errors import UserError
+from facekit.timing import time_rounds
 
 BENCH_NAME = "bench"  # the identity name of the bench's own export
 RANDOM_IDENTITY_SEED = 0
@@ -71,17 +72,8 @@ def percentiles(times_s: list[float]) -> dict[str, float]:
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int, label: str) -> dict[str, dict]:
-    """Round-robin over the calls, so load from other work on a shared machine hits all of them alike
-    and their ratios stay meaningful even when absolute times drift."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in tqdm(range(runs), desc=label, unit="round", leave=False):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    """Percentiles of each call over `runs` interleaved rounds (facekit.timing)."""
+    _, times = time_rounds(calls, runs, warmup, label)
     return {name: percentiles(values) for name, values in times.items()}
 
 

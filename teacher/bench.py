@@ -9,14 +9,13 @@ are timed in the same rounds on the same inputs, so their ratio holds on a share
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from facekit.errors import UserError
+from facekit.timing import time_rounds
 
 from .experts import Experts
 from .sampling import SwapConfig, guided_step, prepare_guide
@@ -99,33 +98,15 @@ def bench_sampling(model: torch.nn.Module, experts: Experts, config: SwapConfig,
         torch.autograd.grad(out.float().square().sum(), x_in)
 
     calls = {"forward_backward": forward_backward, "one_pass": one_pass, "two_pass": two_pass}
-    warmup_s, times = _time_interleaved(calls, repeats, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    warmup_s, samples = time_rounds(calls, repeats, warmup=1, sync=sync)
+    times = {name: float(np.median(values)) for name, values in samples.items()}
     step, two_pass_step = times["one_pass"] / len(timed), times["two_pass"] / len(timed)
     return {"batch": batch, "variant": variant.name, "image_size": size, "steps": steps,
             "unet_forward_backward_s": times["forward_backward"], "guided_step_s": step,
             "two_pass_step_s": two_pass_step, "step_over_forward_backward": step / times["forward_backward"],
             "two_pass_over_one_pass": two_pass_step / step, "swaps_per_minute": 60 * batch / (steps * step),
             "two_pass_swaps_per_minute": 60 * batch / (steps * two_pass_step), "warmup_s": warmup_s}
-
-
-def _time_interleaved(calls: dict[str, Callable[[], None]], repeats: int, device: str) -> tuple[float, dict[str, float]]:
-    """One untimed call of each (allocation, kernel selection, compilation: its seconds are returned), then
-    `repeats` rounds over all calls; the median seconds of each."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    start = time.perf_counter()
-    for call in calls.values():
-        call()
-    sync()
-    warmup_s = time.perf_counter() - start
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            sync()
-            start = time.perf_counter()
-            call()
-            sync()
-            samples[name].append(time.perf_counter() - start)
-    return warmup_s, {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def bench_grid(model: torch.nn.Module, experts: Experts, config: SwapConfig, batches: list[int],
