@@ -162,6 +162,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, help="torch CPU threads")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--out", help="folder for bench.json and bench.md (default: print the table only)")
+    bench.add_argument("--force", action="store_true", help="replace the bench.json and bench.md already in --out")
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
 
@@ -377,6 +378,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from facekit.errors import UserError
+    from facekit.files import atomic_write_text
     from teacher.bench import bench_grid, markdown, parse_variants
     from teacher.sampling import load_swap_config
 
@@ -387,6 +389,9 @@ def _bench(args: argparse.Namespace) -> int:
     if min(batches) < 1 or args.repeats < 1:
         raise UserError(f"--batch-size and --repeats must be at least 1, got {args.batch_size} and {args.repeats}")
     variants = parse_variants(args.variants)
+    out = Path(args.out) if args.out else None
+    if out and not args.force and any((out / name).exists() for name in ("bench.json", "bench.md")):
+        raise UserError(f"{out} already holds a teacher bench; pass --force to replace it or another --out")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
     if args.threads:
@@ -407,11 +412,9 @@ def _bench(args: argparse.Namespace) -> int:
     report = bench_grid(model, experts, config, batches, variants, args.repeats, args.device)
     title = f"Teacher sampling cost: {args.teacher or args.unet}, preset {args.preset}"
     table = markdown(report, title)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(report, indent=1))
-        (out / "bench.md").write_text(table)
+    if out:
+        atomic_write_text(out / "bench.json", json.dumps(report, indent=1))
+        atomic_write_text(out / "bench.md", table)
     print(table)
     return 0
 

@@ -40,6 +40,7 @@ CASES = [
     (["teacher", "bench", "--batch-size", "8,x"], "--batch-size and --repeats must be at least 1"),
     (["teacher", "bench", "--variants", "fp32+bf16"], "'fp32+bf16' is not a variant"),
     (["teacher", "bench", "--variants", "bf16,fast"], "'fast' is not a variant"),
+    (["teacher", "bench", "--out", "{d}/teacher_bench"], "already holds a teacher bench; pass --force"),
     (["pairs", "generate", "--total", "0", "--out", "{d}/p"], "--total and --shard-size must be at least 1"),
     (["pairs", "generate", "--total", "4", "--shard-size", "0", "--out", "{d}/p"], "--total and --shard-size must be"),
     (["pairs", "generate", "--total", "4", "--fractions", "0,2,abc", "--out", "{d}/p"], "--fractions 0,2,abc"),
@@ -110,6 +111,8 @@ def _user_files(d: Path) -> None:
     (d / "junk.pt").write_bytes(b"not a pickle")
     (d / "junk.npz").write_bytes(b"not a zip")
     (d / "experts").mkdir()
+    (d / "teacher_bench").mkdir()
+    (d / "teacher_bench" / "bench.md").write_text("an earlier teacher bench\n")
     (d / "damaged").mkdir()
     (d / "damaged" / "manifest.json").write_text('{"format": "distilswap-pair')  # cut short
     from facekit.faces.imageio import write_image
