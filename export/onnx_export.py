@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.mask_tail import rewrite_mask_tail
 from export.metadata import set_onnx_metadata
 from facekit.onnx_runtime import ort_session, session_options
 from student.idn import SwapNet, identity_weight_shapes
@@ -102,9 +103,13 @@ def export_dynamic(model: MobileFaceSwap, path: str | Path, metadata: Mapping[st
 
 
 def export_baked(net: SwapNet, path: str | Path, metadata: Mapping[str, str], resolution: int | None = None) -> Path:
-    """Identity weights as constants, batch 1 and a fixed size; checks the stable initializer names."""
+    """Identity weights as constants, batch 1 and a fixed size, the mask's tail in ONNX Runtime's faster form
+    (export/mask_tail.py); checks the stable initializer names."""
+    import onnx
+
     r = resolution or net.config.resolution
     export_graph(net, (torch.rand(1, 3, r, r),), path, ("target",), SWAP_OUTPUTS, metadata)
+    onnx.save(rewrite_mask_tail(onnx.load(str(path))), str(path))
     problems = check_identity_initializers(path, identity_weight_shapes(net.config))
     if problems:
         raise RuntimeError(f"{path}: identity weights not swappable by name: {'; '.join(problems)}")

@@ -102,6 +102,33 @@ def test_baked_onnx_matches_torch(world):
     assert np.abs(got_mask - mask.numpy()).max() <= TOL
 
 
+def test_baked_mask_tail_has_no_narrow_conv_and_keeps_function_and_macs(world, tmp_path):
+    """The mask's 1x1 conv to 2 channels and 3x3 conv to 1 become MatMul and depthwise + ReduceSum (ORT's
+    NCHWc pads narrow conv outputs to 8-16 channels); the plain export computes the same with the same MACs."""
+    import onnx
+
+    from export.onnx_export import export_graph
+    from export.onnx_macs import onnx_counts
+
+    _, net, _, _ = _baked(world, "alice")
+    rewritten = world["out"] / "swapper_alice.onnx"
+    plain = export_graph(net, (torch.rand(1, 3, RES, RES),), tmp_path / "plain.onnx", ("target",), ("image", "mask"), {})
+    graph = onnx.load(str(rewritten)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    chain, name = [], "mask"
+    for _ in range(5):  # Sigmoid <- Add (bias) <- ReduceSum <- depthwise Conv <- LeakyRelu
+        chain.append(producer[name])
+        name = producer[name].input[0]
+    assert [node.op_type for node in chain] == ["Sigmoid", "Add", "ReduceSum", "Conv", "LeakyRelu"]
+    assert any(a.name == "group" and a.i > 1 for a in chain[3].attribute)
+    assert producer[producer[chain[4].input[0]].input[0]].op_type == "Add"  # the MatMul's bias
+    assert "MatMul" in {node.op_type for node in graph.node}
+    target = np.random.default_rng(1).random((1, 3, RES, RES), dtype=np.float32)
+    for got, want in zip(run_swapper(ort_session(rewritten, "all"), target), run_swapper(ort_session(plain, "all"), target)):
+        assert np.abs(got - want).max() <= 1e-6
+    assert onnx_counts(rewritten)["macs"] == onnx_counts(plain)["macs"]
+
+
 def test_injector_and_dynamic_graph_match_torch_at_any_size(world):
     model, _, embedding, feature_map = _baked(world, "bob")
     injector = ort_session(world["out"] / "injector.onnx", "basic")
