@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,12 +77,8 @@ def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: 
 
 
 def session_creation_ms(make: Callable[[], object]) -> float:
-    times = []
-    for _ in range(SESSION_REPEATS):
-        start = time.perf_counter()
-        make()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    _, times = time_rounds({"make": make}, SESSION_REPEATS, warmup=0)
+    return float(np.median(times["make"]) * 1e3)
 
 
 def file_size(path: Path) -> int:

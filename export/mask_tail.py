@@ -14,9 +14,9 @@ import numpy as np
 MASK_OUTPUT = "mask"
 
 
-def rewrite_mask_tail(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
-    """Baked swapper graph (static shapes) -> the same graph with the mask's 1×1 conv as MatMul and its
-    last k×k conv to one channel as depthwise conv + ReduceSum + bias. In place; returns the model."""
+def rewrite_mask_tail(model: "onnx.ModelProto", size: int) -> "onnx.ModelProto":  # noqa: F821
+    """Baked swapper graph of `size`² -> the same graph with the mask's 1×1 conv as MatMul and its last k×k
+    conv to one channel as depthwise conv + ReduceSum + bias. In place; returns the model."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -26,11 +26,11 @@ def rewrite_mask_tail(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F
     last = producer[sigmoid.input[0]]
     activation = producer[last.input[0]]
     pointwise = producer[activation.input[0]]
-    if (sigmoid.op_type, last.op_type, pointwise.op_type) != ("Sigmoid", "Conv", "Conv"):
-        raise RuntimeError(f"mask tail not found: {sigmoid.op_type} <- {last.op_type} <- {pointwise.op_type}")
-    height, width = _spatial(model, last.output[0])
+    found = [node.op_type for node in (sigmoid, last, activation, pointwise)]
+    if found != ["Sigmoid", "Conv", "LeakyRelu", "Conv"]:
+        raise RuntimeError(f"mask tail not found: {' <- '.join(found)}")
     _replace(graph, pointwise, _pointwise_as_matmul(pointwise, numpy_helper.to_array(weights[pointwise.input[1]]),
-                                                   numpy_helper.to_array(weights[pointwise.input[2]]), height, width))
+                                                   numpy_helper.to_array(weights[pointwise.input[2]]), size))
     _replace(graph, last, _single_output_as_depthwise(last, numpy_helper.to_array(weights[last.input[1]]),
                                                        numpy_helper.to_array(weights[last.input[2]])))
     for name in {pointwise.input[1], pointwise.input[2], last.input[1], last.input[2]}:
@@ -39,26 +39,14 @@ def rewrite_mask_tail(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F
     return model
 
 
-def _spatial(model, name: str) -> tuple[int, int]:
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    for value in (*inferred.graph.value_info, *inferred.graph.output):
-        if value.name == name:
-            dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
-            if len(dims) == 4 and all(dims[2:]):
-                return dims[2], dims[3]
-    raise RuntimeError(f"mask tail: no static shape for {name} (rewrite baked graphs only)")
-
-
 def _attribute(node, name: str, default):
     from onnx import helper
 
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _pointwise_as_matmul(node, weight: np.ndarray, bias: np.ndarray, height: int, width: int) -> tuple[list, list]:
-    """1×1 conv [co, ci, 1, 1] -> Reshape [1, ci, H·W], MatMul by W [co, ci], + bias, Reshape [1, co, H, W]."""
+def _pointwise_as_matmul(node, weight: np.ndarray, bias: np.ndarray, size: int) -> tuple[list, list]:
+    """1×1 conv [co, ci, 1, 1] -> Reshape [1, ci, size²], MatMul by W [co, ci], + bias, Reshape [1, co, size, size]."""
     from onnx import helper, numpy_helper
 
     if weight.shape[2:] != (1, 1) or _attribute(node, "group", 1) != 1 or any(s != 1 for s in _attribute(node, "strides", [1, 1])):
@@ -68,8 +56,8 @@ def _pointwise_as_matmul(node, weight: np.ndarray, bias: np.ndarray, height: int
     initializers = [
         numpy_helper.from_array(np.ascontiguousarray(weight[:, :, 0, 0]), f"{p}_weight"),
         numpy_helper.from_array(bias.reshape(c_out, 1), f"{p}_bias"),
-        numpy_helper.from_array(np.array([1, c_in, height * width], np.int64), f"{p}_flat"),
-        numpy_helper.from_array(np.array([1, c_out, height, width], np.int64), f"{p}_image"),
+        numpy_helper.from_array(np.array([1, c_in, size * size], np.int64), f"{p}_flat"),
+        numpy_helper.from_array(np.array([1, c_out, size, size], np.int64), f"{p}_image"),
     ]
     nodes = [
         helper.make_node("Reshape", [node.input[0], f"{p}_flat"], [f"{p}_x"], name=f"{p}_reshape_in"),

@@ -109,7 +109,7 @@ def export_baked(net: SwapNet, path: str | Path, metadata: Mapping[str, str], re
 
     r = resolution or net.config.resolution
     export_graph(net, (torch.rand(1, 3, r, r),), path, ("target",), SWAP_OUTPUTS, metadata)
-    onnx.save(rewrite_mask_tail(onnx.load(str(path))), str(path))
+    onnx.save(rewrite_mask_tail(onnx.load(str(path)), r), str(path))
     problems = check_identity_initializers(path, identity_weight_shapes(net.config))
     if problems:
         raise RuntimeError(f"{path}: identity weights not swappable by name: {'; '.join(problems)}")

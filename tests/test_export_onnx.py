@@ -107,12 +107,12 @@ def test_baked_mask_tail_has_no_narrow_conv_and_keeps_function_and_macs(world, t
     NCHWc pads narrow conv outputs to 8-16 channels); the plain export computes the same with the same MACs."""
     import onnx
 
-    from export.onnx_export import export_graph
+    from export.onnx_export import SWAP_OUTPUTS, export_graph
     from export.onnx_macs import onnx_counts
 
     _, net, _, _ = _baked(world, "alice")
     rewritten = world["out"] / "swapper_alice.onnx"
-    plain = export_graph(net, (torch.rand(1, 3, RES, RES),), tmp_path / "plain.onnx", ("target",), ("image", "mask"), {})
+    plain = export_graph(net, (torch.rand(1, 3, RES, RES),), tmp_path / "plain.onnx", ("target",), SWAP_OUTPUTS, {})
     graph = onnx.load(str(rewritten)).graph
     producer = {out: node for node in graph.node for out in node.output}
     chain, name = [], "mask"
