@@ -322,7 +322,7 @@ def _swap(args: argparse.Namespace) -> int:
     from facekit.files import make_dir
     from facekit.faces.imageio import write_image
     from teacher.experts import load_experts, to_model
-    from teacher.sampling import check_teacher, guided_swap, load_swap_config
+    from teacher.sampling import for_teacher, guided_swap, load_swap_config
 
     if bool(args.teacher) == bool(args.official):
         raise UserError("pass exactly one of --teacher (our weights) or --official (DiffFace's Model.pt)")
@@ -337,8 +337,8 @@ def _swap(args: argparse.Namespace) -> int:
         from teacher.checkpoint import load_teacher
 
         model, metadata = load_teacher(args.teacher, args.device)
-    config = load_swap_config(args.preset, _sampling_overrides(args))
-    check_teacher(config, metadata, args.teacher or args.official)
+    config = for_teacher(load_swap_config(args.preset, _sampling_overrides(args)), metadata,
+                         args.teacher or args.official)
     experts = load_experts(args.experts, args.arcface, args.parser, args.gaze_model)
     for module in (experts.embedder, experts.parser):
         if module is not None:
@@ -451,7 +451,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from teacher.evaluate import (HELD_OUT_SEED, ablation, evaluate_teacher, unguided_samples, write_report,
                                   write_samples)
     from teacher.experts import load_experts
-    from teacher.sampling import check_teacher, load_swap_config
+    from teacher.sampling import for_teacher, load_swap_config
 
     if args.pairs < 1 or args.batch_size < 1:
         raise UserError(f"--pairs and --batch-size must be at least 1, got {args.pairs} and {args.batch_size}")
@@ -460,14 +460,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     overrides = _sampling_overrides(args)
     if experts.gaze is None:
         overrides["gaze_weight"] = 0
-    configs = {preset: load_swap_config(preset, overrides) for preset in args.preset or ["official"]}
-    for config in configs.values():
-        check_teacher(config, metadata, args.teacher)
+    configs = {preset: for_teacher(load_swap_config(preset, overrides), metadata, args.teacher)
+               for preset in args.preset or ["official"]}
     judge = load_embedder(args.judge)
     seed = HELD_OUT_SEED if args.seed is None else args.seed
     # unguided, but with the first preset's classifier-free guidance: the teacher's own use of its identity
-    print(write_samples(*unguided_samples(model, experts, judge, seed=seed,
-                                         cfg_scale=next(iter(configs.values())).cfg_scale), args.out))
+    print(write_samples(*unguided_samples(model, experts, judge, seed=seed, sampling=next(iter(configs.values()))),
+                        args.out))
     for preset, config in configs.items():
         variants = ablation(config, experts.gaze is not None) if args.ablation else {"full": {}}
         results, swaps, job = evaluate_teacher(model, experts, judge, config, variants, args.pairs, args.batch_size,

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+LOW_FREQUENCY_GRID = 8  # the smooth part of `diffusion_noise` varies on this grid (8 px cells at 64²)
 
 
 def beta_schedule(name: str, num_steps: int) -> np.ndarray:
@@ -48,6 +51,39 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
         kept += [start + round(stride * j) for j in range(count)]
         start += size
     return kept
+
+
+def diffusion_noise(like: torch.Tensor, low_frequency: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unit-variance Gaussian noise shaped like `like` ([..., H, W]), drawn from `generator` (on the CPU, so a
+    seed gives the same noise on any device) or the device's global RNG; `low_frequency` of its variance moves
+    to a smooth field (a random 8×8 grid, bilinearly upsampled and normalised per pixel). Why (ours, 0 by
+    default as DiffFace): white noise hardly hides an image's regional colour, so a teacher learns the tone of a
+    face from x_t and ignores its identity; smooth noise hides it at high t, and the model must take the tone
+    from its condition. Training and sampling must draw the same kind (the teacher's metadata records it)."""
+    *lead, height, width = like.shape
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        if generator is None:
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+    white = draw(tuple(like.shape))
+    if not low_frequency:
+        return white
+    coarse = draw((*lead, LOW_FREQUENCY_GRID, LOW_FREQUENCY_GRID))
+    smooth = F.interpolate(coarse.reshape(-1, 1, LOW_FREQUENCY_GRID, LOW_FREQUENCY_GRID), size=(height, width),
+                           mode="bilinear", align_corners=False).reshape(like.shape)
+    gain = _bilinear_gain(height)[:, None] * _bilinear_gain(width)[None, :]
+    return math.sqrt(1 - low_frequency) * white + math.sqrt(low_frequency) * smooth / gain.to(smooth)
+
+
+def _bilinear_gain(size: int) -> torch.Tensor:
+    """Per output position, the root sum of squared weights of 1-D linear upsampling from the grid: the
+    standard deviation that upsampled unit white noise has there."""
+    basis = torch.eye(LOW_FREQUENCY_GRID)[:, None]  # one grid point at a time
+    weights = F.interpolate(basis, size=size, mode="linear", align_corners=False)[:, 0]  # [grid, size]
+    return weights.pow(2).sum(0).sqrt()
 
 
 def extract(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -95,20 +95,23 @@ def evaluate_teacher(model: nn.Module, experts: Experts, judge: nn.Module, confi
 
 @torch.no_grad()
 def unguided_samples(model: nn.Module, experts: Experts, judge: nn.Module, count: int = 16, steps: int = 50,
-                     seed: int = HELD_OUT_SEED, cfg_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+                     seed: int = HELD_OUT_SEED, sampling: SwapConfig | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(held-out faces, the teacher's samples from pure noise conditioned on each face's identity, [0,1], whether
     they follow it): does the teacher generate faces, and faces of the right person? The judge's similarity of
     each sample to its own face against another held-out face, and how much a sample moves when only its
     identity changes (the same noise, the next face's identity) against when only its noise does. A teacher
     that ignores its identity scores the same similarity twice and an identity change near 0; guidance then
-    does all the work (classifier-free guidance, `cfg_scale` > 1, is the teacher's own way to follow it)."""
+    does all the work (classifier-free guidance, `cfg_scale` > 1 in `sampling`, is the teacher's own way to follow
+    it; `sampling`'s noise is the teacher's)."""
+    sampling = sampling or SwapConfig()
     faces = synthetic_job(seed, count, model.config.image_size).source
-    samples = generate(model, experts, faces, steps, seed, cfg_scale)
-    moved_identity = generate(model, experts, faces.roll(1, 0), steps, seed, cfg_scale)
-    moved_noise = generate(model, experts, faces, steps, seed + 1, cfg_scale)
+    samples = generate(model, experts, faces, steps, seed, sampling)
+    moved_identity = generate(model, experts, faces.roll(1, 0), steps, seed, sampling)
+    moved_noise = generate(model, experts, faces, steps, seed + 1, sampling)
     z_samples, z_faces = judge(samples)[0], judge(faces)[0]
     return faces, samples, {
-        "classifier-free guidance scale (1 = off)": cfg_scale,
+        "classifier-free guidance scale (1 = off)": sampling.cfg_scale,
         "judge similarity to its own identity": float(F.cosine_similarity(z_samples, z_faces).mean()),
         "judge similarity to another identity": float(F.cosine_similarity(z_samples, z_faces.roll(1, 0)).mean()),
         "change when only the identity changes": float((moved_identity - samples).abs().mean()),
@@ -117,11 +120,13 @@ def unguided_samples(model: nn.Module, experts: Experts, judge: nn.Module, count
 
 @torch.no_grad()
 def generate(model: nn.Module, experts: Experts, faces: torch.Tensor, steps: int, seed: int,
-             cfg_scale: float = 1.0) -> torch.Tensor:
-    """Samples from pure noise (drawn from `seed`) conditioned on each face's identity; no guidance, [0,1]. The
-    target is blank: the start x_T = √ᾱ_T·target + noise would otherwise carry a trace of the face."""
+             sampling: SwapConfig) -> torch.Tensor:
+    """Samples from pure noise (drawn from `seed`) conditioned on each face's identity; no guidance, with
+    `sampling`'s classifier-free guidance and noise, [0,1]. The target is blank: the start x_T = √ᾱ_T·target +
+    noise would otherwise carry a trace of the face."""
     faces = to_model(faces).to(next(model.parameters()).device)
-    config = SwapConfig(respacing=steps, skip=0, sampler="ddim", **OFF, mask_ramp=1, cfg_scale=cfg_scale)
+    config = SwapConfig(respacing=steps, skip=0, sampler="ddim", **OFF, mask_ramp=1, cfg_scale=sampling.cfg_scale,
+                        low_frequency_noise=sampling.low_frequency_noise)
     result = guided_swap(model, experts, faces, torch.zeros_like(faces), config, mask=torch.ones_like(faces[:, :1]),
                          generator=torch.Generator().manual_seed(seed))
     return ((result.swap + 1) / 2).cpu()

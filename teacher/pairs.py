@@ -141,16 +141,20 @@ class DiffusionTeacher:
     def __init__(self, snapshot_paths: list[str], experts, swap_config, device: str = "cpu",
                  autocast: torch.dtype | None = None, batch_size: int = 8):
         from .checkpoint import load_teacher
-        from .sampling import check_teacher
+        from .sampling import for_teacher
 
-        self.models, self.snapshots = [], []
+        self.models, self.snapshots, configs = [], [], set()
         for path in snapshot_paths:
             model, meta = load_teacher(path, device)
-            check_teacher(swap_config, meta, path)
+            config = for_teacher(swap_config, meta, path)
+            configs.add(config.low_frequency_noise)
             self.models.append(model)
             self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
                                    "fraction": float(meta.get("fraction", 1.0))})
-        self.experts, self.config, self.device, self.autocast = experts, swap_config, device, autocast
+        if len(configs) > 1:
+            raise UserError(f"the teacher snapshots were trained with different noise (low_frequency_noise "
+                            f"{sorted(configs)}): pass snapshots of one training run")
+        self.experts, self.config, self.device, self.autocast = experts, config, device, autocast
         self.batch_size = batch_size
 
     def settings(self) -> dict:

@@ -31,7 +31,7 @@ cancel).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ from facekit.config import read_yaml_mapping, settings
 from facekit.errors import UserError
 
 from . import guidance
-from .diffusion import GaussianDiffusion, extract
+from .diffusion import GaussianDiffusion, diffusion_noise, extract
 from .experts import Experts
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -76,6 +76,8 @@ class SwapConfig:
     views: int = 8  # extending augmentation for the identity guidance
     cfg_scale: float = 1.0  # classifier-free guidance on the identity (ours; 1 = off, as DiffFace); needs a teacher
     # trained with identity_dropout and costs one more UNet forward per step
+    low_frequency_noise: float = 0.0  # the teacher's kind of noise (diffusion_noise): `for_teacher` sets it from the
+    # snapshot's metadata, so a teacher is always sampled with the noise it was trained on
     mask_ramp: int = 45  # T̂
     schedule: str = "linear"
     diffusion_steps: int = 1000
@@ -95,11 +97,14 @@ class SwapConfig:
         return GaussianDiffusion.create(self.schedule, self.diffusion_steps, self.respacing, learn_sigma)
 
     def to_dict(self) -> dict:
-        """The settings as data; cfg_scale only when on, so pair data sets started before it existed resume."""
+        """The settings as data; cfg_scale and low_frequency_noise only when on, so pair data sets started before
+        they existed resume."""
         data = asdict(self)
         data["gaze_window"] = list(self.gaze_window)
         if self.cfg_scale == 1:
             del data["cfg_scale"]
+        if not self.low_frequency_noise:
+            del data["low_frequency_noise"]
         return data
 
 
@@ -113,6 +118,8 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
         raise UserError(f"unknown sampling preset {preset!r}: use one of {names} or a YAML file")
     data = read_yaml_mapping(path, "sampling settings")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if "low_frequency_noise" in data:
+        raise UserError(f"{path}: low_frequency_noise is the teacher's, read from its snapshot; remove it")
     config = settings(SwapConfig, data, str(path), "sampling settings")
     if not 0 <= config.skip < config.respacing:
         raise UserError(f"skip must be in [0, respacing): got skip={config.skip}, respacing={config.respacing}")
@@ -124,12 +131,14 @@ def load_swap_config(preset: str = "official", overrides: dict | None = None) ->
     return config
 
 
-def check_teacher(config: SwapConfig, metadata: dict, name: str) -> None:
-    """Refuse classifier-free guidance with a teacher that never saw the zero identity: its 'unconditional'
-    eps would be an arbitrary extrapolation, not a model of faces."""
+def for_teacher(config: SwapConfig, metadata: dict, name: str) -> SwapConfig:
+    """`config` for the teacher whose snapshot metadata this is: with the noise it was trained on. Refuses
+    classifier-free guidance with a teacher that never saw the zero identity: its 'unconditional' eps would be
+    an arbitrary extrapolation, not a model of faces."""
     if config.cfg_scale != 1 and not metadata.get("identity_dropout"):
         raise UserError(f"cfg_scale {config.cfg_scale:g} needs a teacher trained with identity_dropout; {name} was "
                         "not (use cfg_scale 1, or fine-tune it: configs/teacher_cfg_synthetic.yaml)")
+    return replace(config, low_frequency_noise=float(metadata.get("low_frequency_noise", 0.0)))
 
 
 @dataclass
@@ -213,11 +222,15 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
     applies to the UNet only; guidance and the update stay in float32.
     """
     diffusion = config.diffusion(learn_sigma=getattr(getattr(model, "config", None), "learn_sigma", True))
+
+    def noise_like(like: torch.Tensor) -> torch.Tensor:
+        return diffusion_noise(like, config.low_frequency_noise, generator)
+
     guide = prepare_guide(experts, source, target, config, landmarks, mask)
     b = target.shape[0]
     steps = diffusion.num_timesteps - config.skip
     start = torch.full((b,), steps - 1, device=target.device, dtype=torch.long)
-    x = diffusion.q_sample(target, start, _randn(target, generator))
+    x = diffusion.q_sample(target, start, noise_like(target))
     estimate = x
     valid = torch.ones(b, dtype=torch.bool, device=target.device)
     iterator = range(steps - 1, -1, -1)
@@ -226,9 +239,8 @@ def guided_swap(model: torch.nn.Module, experts: Experts, source: torch.Tensor, 
 
         iterator = tqdm(iterator, desc="sampling", unit="step", leave=False)
     for i in iterator:
-        noise = _randn(x, generator)
-        x, estimate = guided_step(model, diffusion, experts, config, guide, x, i, noise, _randn(x, generator),
-                                  generator, autocast)
+        noise = noise_like(x)
+        x, estimate = guided_step(model, diffusion, experts, config, guide, x, i, noise, noise_like(x), generator, autocast)
         finite = torch.isfinite(x).flatten(1).all(dim=1) & torch.isfinite(estimate).flatten(1).all(dim=1)
         valid &= finite
         x = torch.where(finite[:, None, None, None], x, target)  # a diverged pair must not poison the batch
@@ -257,10 +269,6 @@ def _energy(diffusion: GaussianDiffusion, experts: Experts, config: SwapConfig, 
     if config.target_mse_weight:
         energy = energy + config.target_mse_weight * guidance.target_mse(x_in, guide.target)
     return energy
-
-
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
 def identity_similarity(experts: Experts, source: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from facekit.training import EMA, native_bf16, setup_distributed
 
 from .checkpoint import read_metadata, save_weights
 from .data import FaceSource
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, diffusion_noise
 from .experts import Experts, load_experts, to_model
 from .unet import UNetConfig, UNetModel, load_unet_config
 
@@ -68,6 +68,7 @@ class TrainConfig:
     focus_timesteps: tuple[int, int] | None = None  # [lo, hi): the noise levels a fine-tune spends focus_share on
     focus_share: float = 0.0  # 0: t uniform over all steps, as DiffFace
     identity_dropout: float = 0.0  # share of samples conditioned on the zero identity; 0: always conditioned, as DiffFace
+    low_frequency_noise: float = 0.0  # share of the noise's variance in a smooth field (diffusion_noise); 0: white, as DiffFace
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
@@ -100,7 +101,7 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 # the pairs built on them would otherwise lie).
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
                    "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
-                   "focus_timesteps", "focus_share", "identity_dropout")
+                   "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -117,6 +118,8 @@ def _check_values(config: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: focus_share must lie in [0, 1] and needs focus_timesteps, got {config.focus_share}")
     if not 0 <= config.identity_dropout < 1:
         raise UserError(f"{where}: identity_dropout must lie in [0, 1), got {config.identity_dropout}")
+    if not 0 <= config.low_frequency_noise < 1:
+        raise UserError(f"{where}: low_frequency_noise must lie in [0, 1), got {config.low_frequency_noise}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -137,7 +140,7 @@ def snapshot_metadata(step: int, fraction: float, config: TrainConfig) -> dict:
     """What a snapshot records besides its weights: where in training it was taken, and whether it learned the
     unconditional model (sampling refuses classifier-free guidance with a teacher that did not)."""
     return {"step": step, "fraction": fraction, "snapshot_id": f"step_{step:07d}", "total_steps": config.steps,
-            "identity_dropout": config.identity_dropout}
+            "identity_dropout": config.identity_dropout, "low_frequency_noise": config.low_frequency_noise}
 
 
 def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]:
@@ -214,7 +217,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
                 for name, value in {**scalars, "grad_norm": float(grad_norm)}.items():
                     writer.add_scalar(f"train/{name}", value, step)
             if step % config.image_every == 0 or step == config.steps:
-                _log_images(writer, ema.model, experts, x0, terms["pred_xstart"], step)
+                _log_images(writer, ema.model, experts, x0, terms["pred_xstart"], step, config.low_frequency_noise)
             if step in snapshots:
                 save_weights(ema.model, out / "snapshots" / f"step_{step:07d}.safetensors",
                              snapshot_metadata(step, snapshots[step], config))
@@ -263,7 +266,7 @@ def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Exper
     with torch.no_grad():
         identity = experts.identity(x0)
     t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, config, x0.device)
-    noise = torch.randn_like(x0)
+    noise = diffusion_noise(x0, config.low_frequency_noise)
     x_t = diffusion.q_sample(x0, t, noise)
     condition = identity
     if config.identity_dropout:  # drawn only when on: runs without it draw what they always drew
@@ -287,7 +290,7 @@ def _writer(out: Path):
 
 
 def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred_xstart: torch.Tensor,
-                step: int) -> None:
+                step: int, low_frequency_noise: float) -> None:
     """Rows: clean faces; the model's one-step x̂0 (random t); short unguided DDIM samples from each face
     noised halfway, conditioned on its own identity and on its neighbour's (is the condition used?), and the
     mean change between those two rows as a scalar."""
@@ -298,7 +301,7 @@ def _log_images(writer, ema: UNetModel, experts: Experts, x0: torch.Tensor, pred
     n = min(8, x0.shape[0])
     faces = x0[:n]
     preview = SwapConfig(respacing=10, skip=4, sampler="ddim", id_weight=0, sem_weight=0, gaze_weight=0,
-                         target_mse_weight=0, mask_ramp=1)
+                         target_mse_weight=0, mask_ramp=1, low_frequency_noise=low_frequency_noise)
     ones = torch.ones_like(faces[:, :1])
     own = guided_swap(ema, experts, faces, faces, preview, mask=ones, generator=torch.Generator().manual_seed(0))
     other = guided_swap(ema, experts, faces.roll(1, 0), faces, preview, mask=ones,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from teacher.diffusion import GaussianDiffusion, beta_schedule, space_timesteps
+from teacher.diffusion import GaussianDiffusion, beta_schedule, diffusion_noise, space_timesteps
 
 
 def test_official_respacing_with_skip_starts_at_747():
@@ -66,3 +66,16 @@ def test_hybrid_loss_terms():
     # the VLB trains only the variance channels (the mean is frozen, guided-diffusion's hybrid loss)
     terms["vb"].sum().backward()
     assert perfect.grad[:, :3].abs().max() == 0 and perfect.grad[:, 3:].abs().max() > 0
+
+
+def test_low_frequency_noise_keeps_unit_variance_and_hides_a_regions_colour():
+    like = torch.zeros(256, 3, 64, 64)
+    white = diffusion_noise(like, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(white, torch.randn(like.shape, generator=torch.Generator().manual_seed(0)))  # 0: as DiffFace
+    smooth = diffusion_noise(like, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(smooth, diffusion_noise(like, 0.2, torch.Generator().manual_seed(0)))  # a seed repeats it
+    per_pixel = smooth.std(dim=(0, 1))
+    assert abs(float(smooth.std()) - 1) < 0.01 and 0.85 < float(per_pixel.min()) and float(per_pixel.max()) < 1.15
+    # the mean over a face-sized region: white noise averages away, the smooth field does not
+    region = (slice(None), slice(None), slice(16, 48), slice(16, 48))
+    assert float(smooth[region].mean(dim=(2, 3)).std()) > 4 * float(white[region].mean(dim=(2, 3)).std())

@@ -145,17 +145,19 @@ def test_classifier_free_guidance_extrapolates_eps_from_the_zero_identity_and_ke
 
 
 def test_classifier_free_guidance_needs_a_teacher_trained_for_it(parts):
-    from teacher.sampling import check_teacher
+    from teacher.sampling import for_teacher
 
     model, experts = parts
     config = load_swap_config("official", {**FAST, "cfg_scale": 2.0})
     with pytest.raises(UserError, match="cfg_scale 2 needs a teacher trained with identity_dropout; t.safetensors"):
-        check_teacher(config, {"identity_dropout": 0.0}, "t.safetensors")
-    check_teacher(config, {"identity_dropout": 0.2}, "t.safetensors")
-    check_teacher(load_swap_config("official", FAST), {}, "official.pt")  # off: any teacher
+        for_teacher(config, {"identity_dropout": 0.0}, "t.safetensors")
+    for_teacher(config, {"identity_dropout": 0.2}, "t.safetensors")
+    for_teacher(load_swap_config("official", FAST), {}, "official.pt")  # off: any teacher
     with pytest.raises(UserError, match="cfg_scale must be ≥ 0"):
         load_swap_config("official", {"cfg_scale": -1.0})
     assert "cfg_scale" not in load_swap_config("official").to_dict()  # pair data sets made before it still resume
+    with pytest.raises(UserError, match="low_frequency_noise is the teacher's, read from its snapshot"):
+        load_swap_config("official", {"low_frequency_noise": 0.2})
     calls = []
     handle = model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     try:

@@ -127,6 +127,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"focus_timesteps": [500, 2000]}, r"focus_timesteps must be two whole numbers 0 ≤ lo < hi ≤ diffusion_steps"),
     ({"focus_share": 0.5}, "focus_share must lie in .* and needs focus_timesteps, got 0.5"),
     ({"identity_dropout": 1.0}, r"identity_dropout must lie in \[0, 1\), got 1.0"),
+    ({"low_frequency_noise": -0.1}, r"low_frequency_noise must lie in \[0, 1\), got -0.1"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
@@ -178,6 +179,24 @@ def test_identity_dropout_conditions_its_share_on_the_zero_identity_and_snapshot
     assert metadata["identity_dropout"] == 0.5  # what sampling checks before classifier-free guidance
     with pytest.raises(UserError, match="identity_dropout 0.5 → 0.2"):  # fixed on resume
         train(config(tmp_path, "dropout", identity_dropout=0.2, batch_size=16, steps=6), tiny_experts())
+
+
+def test_low_frequency_noise_trains_on_its_noise_and_sampling_follows_the_snapshot(tmp_path, monkeypatch):
+    from teacher.sampling import for_teacher, load_swap_config
+
+    drawn = []
+    import teacher.train as train_module
+    draw = train_module.diffusion_noise
+    monkeypatch.setattr(train_module, "diffusion_noise", lambda like, share: drawn.append(share) or draw(like, share))
+    out = train(config(tmp_path, "smooth", low_frequency_noise=0.3), tiny_experts())
+    assert drawn == [0.3] * 4
+    _, metadata = load_teacher(out / "snapshots/step_0000004.safetensors")
+    sampling = for_teacher(load_swap_config("demo"), metadata, "t.safetensors")
+    assert sampling.low_frequency_noise == 0.3 and sampling.to_dict()["low_frequency_noise"] == 0.3
+    assert for_teacher(load_swap_config("demo"), {}, "old.safetensors").low_frequency_noise == 0  # older snapshots
+    assert "low_frequency_noise" not in load_swap_config("demo").to_dict()  # pair data sets made before still resume
+    with pytest.raises(UserError, match="low_frequency_noise 0.3 → 0.0"):  # fixed on resume
+        train(config(tmp_path, "smooth", steps=6), tiny_experts())
 
 
 def test_a_fine_tune_of_another_unet_is_one_clear_error(tmp_path):
