@@ -3,7 +3,9 @@
 loss = ‖ε − ε̂‖² + VLB (learned sigma, guided-diffusion's hybrid loss) + λ·(1 − cos(D_I(x0), D_I(x̂0))),
 conditioned on D_I(x0), the identity of the clean image itself; with `identity_dropout` (ours, off by default) that
 share of each batch is conditioned on the zero identity instead, so that the teacher also learns the unconditional
-model classifier-free guidance needs (`SwapConfig.cfg_scale`). One script for one CPU and for torchrun
+model classifier-free guidance needs (`SwapConfig.cfg_scale`); with `low_frequency_noise` (ours, 0 by default) ε
+carries that share of its variance in a smooth field (`diffusion_noise`), and the snapshots tell sampling to draw the
+same. One script for one CPU and for torchrun
 (DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
 
 Run layout (`out/`):
@@ -136,11 +138,16 @@ def data_workers(config: TrainConfig, device: torch.device, world: int) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // world - 1))
 
 
+def sampling_metadata(config: TrainConfig) -> dict:
+    """What sampling reads from any saved teacher, snapshot or checkpoint EMA: whether it learned the
+    unconditional model (classifier-free guidance is refused without it) and the noise it was trained on."""
+    return {"identity_dropout": config.identity_dropout, "low_frequency_noise": config.low_frequency_noise}
+
+
 def snapshot_metadata(step: int, fraction: float, config: TrainConfig) -> dict:
-    """What a snapshot records besides its weights: where in training it was taken, and whether it learned the
-    unconditional model (sampling refuses classifier-free guidance with a teacher that did not)."""
+    """What a snapshot records besides its weights: where in training it was taken, and what sampling needs."""
     return {"step": step, "fraction": fraction, "snapshot_id": f"step_{step:07d}", "total_steps": config.steps,
-            "identity_dropout": config.identity_dropout, "low_frequency_noise": config.low_frequency_noise}
+            **sampling_metadata(config)}
 
 
 def snapshot_steps(total: int, fractions: tuple[float, ...]) -> dict[int, float]:
@@ -351,7 +358,7 @@ def _save_checkpoint(out: Path, model: UNetModel, ema: EMA, optimizer: torch.opt
                      data_rng: torch.Generator, step: int, config: TrainConfig) -> None:
     paths = _checkpoint_paths(out, step)
     save_weights(model, paths["model"], {"step": step})
-    save_weights(ema.model, paths["ema"], {"step": step, "fraction": step / config.steps})
+    save_weights(ema.model, paths["ema"], {"step": step, "fraction": step / config.steps, **sampling_metadata(config)})
     save_state(paths["state"], {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
                                 "rng_data": data_rng.get_state(), "config": json.dumps(config.to_dict())})
     atomic_write_text(out / "checkpoints" / "latest.json", json.dumps({"step": step}))

@@ -193,6 +193,8 @@ def test_low_frequency_noise_trains_on_its_noise_and_sampling_follows_the_snapsh
     _, metadata = load_teacher(out / "snapshots/step_0000004.safetensors")
     sampling = for_teacher(load_swap_config("demo"), metadata, "t.safetensors")
     assert sampling.low_frequency_noise == 0.3 and sampling.to_dict()["low_frequency_noise"] == 0.3
+    _, metadata = load_teacher(out / "checkpoints/step_0000004.ema.safetensors")  # a checkpoint's EMA samples too
+    assert for_teacher(load_swap_config("demo"), metadata, "ema.safetensors").low_frequency_noise == 0.3
     assert for_teacher(load_swap_config("demo"), {}, "old.safetensors").low_frequency_noise == 0  # older snapshots
     assert "low_frequency_noise" not in load_swap_config("demo").to_dict()  # pair data sets made before still resume
     with pytest.raises(UserError, match="low_frequency_noise 0.3 → 0.0"):  # fixed on resume
