@@ -143,18 +143,19 @@ class DiffusionTeacher:
         from .checkpoint import load_teacher
         from .sampling import for_teacher
 
-        self.models, self.snapshots, configs = [], [], set()
+        self.models, self.snapshots, configs = [], [], []
         for path in snapshot_paths:
             model, meta = load_teacher(path, device)
-            config = for_teacher(swap_config, meta, path)
-            configs.add(config.low_frequency_noise)
+            configs.append(for_teacher(swap_config, meta, path))  # with the noise this snapshot was trained on
             self.models.append(model)
             self.snapshots.append({"id": meta.get("snapshot_id", Path(path).stem),
                                    "fraction": float(meta.get("fraction", 1.0))})
-        if len(configs) > 1:
-            raise UserError(f"the teacher snapshots were trained with different noise (low_frequency_noise "
-                            f"{sorted(configs)}): pass snapshots of one training run")
-        self.experts, self.config, self.device, self.autocast = experts, config, device, autocast
+        noises = sorted({config.low_frequency_noise for config in configs})
+        if len(noises) > 1:
+            raise UserError(f"the teacher snapshots were trained with different noise (low_frequency_noise {noises}): "
+                            "pass snapshots of one training run")
+        self.config = configs[0] if configs else swap_config
+        self.experts, self.device, self.autocast = experts, device, autocast
         self.batch_size = batch_size
 
     def settings(self) -> dict:

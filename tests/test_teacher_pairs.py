@@ -180,6 +180,23 @@ def test_diffusion_teacher_on_a_folder_data_set(tmp_path):
         generate_pairs(tmp_path / "o", OracleTeacher(), experts, total=3, image_size=32, data=str(faces))
 
 
+def test_a_diffusion_teacher_samples_with_its_snapshots_noise_and_refuses_mixed_ones(tmp_path):
+    from teacher.checkpoint import save_weights
+    from teacher.pairs import DiffusionTeacher
+    from teacher.sampling import load_swap_config
+    from teacher_tiny import tiny_unet
+
+    config = load_swap_config("demo")
+    for name, share in (("white", 0.0), ("smooth", 0.2), ("smooth_later", 0.2)):
+        save_weights(tiny_unet(), tmp_path / f"{name}.safetensors", {"low_frequency_noise": share})
+    paths = [str(tmp_path / f"{name}.safetensors") for name in ("smooth", "smooth_later")]
+    assert DiffusionTeacher(paths, tiny_experts(), config).settings()["low_frequency_noise"] == 0.2
+    assert "low_frequency_noise" not in DiffusionTeacher([str(tmp_path / "white.safetensors")], tiny_experts(),
+                                                         config).settings()
+    with pytest.raises(UserError, match=r"trained with different noise \(low_frequency_noise \[0.0, 0.2\]\)"):
+        DiffusionTeacher([str(tmp_path / "white.safetensors"), paths[0]], tiny_experts(), config)
+
+
 def tiny_onnx_swapper(path, size=16):
     """A stand-in one-shot swapper with inswapper's interface (batch 1): out = sigmoid(2·target + W·source)."""
     import numpy as np
