@@ -5,6 +5,9 @@ What each number means:
 - l1_face / psnr_face: error vs the ground-truth swap inside `face_mask` (the region the swap must change);
   l1_face_lowpass: l1_face after a 5x5 box blur of swap and truth: the part of the error that is tone and
   outline rather than texture or leftover noise (a blur cannot remove a wrong skin colour);
+  face_brightness_error / face_chroma_error: the face's mean colour vs the truth's, split into brightness (the
+  mean of R, G and B) and chroma (each channel's offset from that mean, |difference| averaged over channels):
+  which part of a wrong tone a swap gets wrong;
   l1_outside / psnr_outside: the same outside it. ssim: whole-image SSIM vs the truth (11x11 Gaussian).
 - background_l1 / background_psnr: swap vs the *target* outside `face_mask` (is the target kept?).
 - id_sim_source / id_sim_target: cosine of the swap's embedding with the source's / target's (needs an
@@ -34,8 +37,21 @@ FACE_CLASSES = (1, 2, 3, 4, 5, 10, 11, 12, 13)
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-image mean |a - b| over mask pixels ([B,3,H,W], mask [B,H,W]); NaN where the mask is empty."""
-    weight = mask[:, None].to(a.dtype)
-    return ((a - b).abs() * weight).sum((1, 2, 3)) / (3 * weight.sum((1, 2, 3)))
+    return masked_mean_colour((a - b).abs(), mask).mean(1)
+
+
+def masked_mean_colour(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image mean RGB over mask pixels ([B,3,H,W], mask [B,H,W]) -> [B,3]; NaN where the mask is empty."""
+    weight = mask[:, None].to(x.dtype)
+    return (x * weight).sum((2, 3)) / weight.sum((2, 3))
+
+
+def tone_errors(swap: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (brightness error, chroma error) of the mean colour over mask pixels: see the module docstring."""
+    a, b = masked_mean_colour(swap, mask), masked_mean_colour(truth, mask)
+    brightness_a, brightness_b = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
+    chroma = ((a - brightness_a) - (b - brightness_b)).abs().mean(1)
+    return (brightness_a - brightness_b).abs()[:, 0], chroma
 
 
 def box_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
@@ -149,9 +165,12 @@ def swap_metrics(
     swap, truth, source, target = (x.float().clamp(0.0, 1.0) for x in (swap, truth, source, target))
     face_mask = face_mask.bool()
     outside = ~face_mask
+    brightness, chroma = tone_errors(swap, truth, face_mask)
     result = {
         "l1_face": _mean(masked_l1(swap, truth, face_mask)),
         "l1_face_lowpass": _mean(masked_l1(box_blur(swap), box_blur(truth), face_mask)),
+        "face_brightness_error": _mean(brightness),
+        "face_chroma_error": _mean(chroma),
         "l1_outside": _mean(masked_l1(swap, truth, outside)),
         "psnr_face": _mean(masked_psnr(swap, truth, face_mask)),
         "psnr_outside": _mean(masked_psnr(swap, truth, outside)),
@@ -198,7 +217,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-_ORDER = ("l1_face", "l1_face_lowpass", "psnr_face", "l1_outside", "psnr_outside", "ssim", "background_l1", "background_psnr",
+_ORDER = ("l1_face", "l1_face_lowpass", "face_brightness_error", "face_chroma_error", "psnr_face", "l1_outside",
+          "psnr_outside", "ssim", "background_l1", "background_psnr",
           "id_sim_source", "id_sim_target", "id_sim_truth_source", "geometry_error", "expression_error",
           "gaze_error_deg")
 

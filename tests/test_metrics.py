@@ -59,6 +59,19 @@ def test_lowpass_face_error_separates_noise_from_a_wrong_tone(world):
     assert m["l1_face_lowpass"] > 0.7 * m["l1_face"]
 
 
+def test_tone_errors_split_a_wrong_face_colour_into_brightness_and_chroma(world):
+    """A darker face is a brightness error with no chroma error; a warmer one (R up, B down) the reverse."""
+    target, truth, source, mask = world
+    face = mask[:, None]
+    darker = truth["image"] - torch.where(face, 0.1, 0.0)
+    m = swap_metrics(darker, truth["image"], source["image"], target["image"], mask)
+    assert abs(m["face_brightness_error"] - 0.1) < 1e-3 and m["face_chroma_error"] < 1e-3
+    shift = torch.tensor([0.06, 0.0, -0.06])[None, :, None, None]
+    warmer = truth["image"] + torch.where(face, shift, torch.zeros(()))
+    m = swap_metrics(warmer, truth["image"], source["image"], target["image"], mask)
+    assert m["face_brightness_error"] < 1e-3 and abs(m["face_chroma_error"] - 0.04) < 1e-3
+
+
 def test_ssim_known_values():
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
