@@ -35,15 +35,15 @@ GEOMETRY_PARTS: dict[str, tuple[int, ...]] = {
 FACE_CLASSES = (1, 2, 3, 4, 5, 10, 11, 12, 13)
 
 
-def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-image mean |a - b| over mask pixels ([B,3,H,W], mask [B,H,W]); NaN where the mask is empty."""
-    return masked_mean_colour((a - b).abs(), mask).mean(1)
-
-
 def masked_mean_colour(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-image mean RGB over mask pixels ([B,3,H,W], mask [B,H,W]) -> [B,3]; NaN where the mask is empty."""
     weight = mask[:, None].to(x.dtype)
     return (x * weight).sum((2, 3)) / weight.sum((2, 3))
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image mean |a - b| over mask pixels ([B,3,H,W], mask [B,H,W]); NaN where the mask is empty."""
+    return masked_mean_colour((a - b).abs(), mask).mean(1)
 
 
 def tone_errors(swap: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +61,7 @@ def box_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
 
 def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
     """Per-image PSNR (dB) over mask pixels, capped at 100 dB for identical images."""
-    weight = mask[:, None].to(a.dtype)
-    mse = ((a - b) ** 2 * weight).sum((1, 2, 3)) / (3 * weight.sum((1, 2, 3)))
+    mse = masked_mean_colour((a - b) ** 2, mask).mean(1)
     return (10 * torch.log10(peak**2 / mse.clamp_min(1e-10))).clamp(max=100.0)
 
 
