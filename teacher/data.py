@@ -12,13 +12,23 @@ from facekit.errors import UserError
 SYNTHETIC = "synthetic"
 
 
-def synthetic_faces(n: int, seed: int, size: int) -> dict[str, torch.Tensor]:
-    """n random people in random poses and surroundings: image [n,3,H,W], labels, landmarks5."""
+def synthetic_faces(n: int, seed: int, size: int, neck_mismatch: float = 0.0) -> dict[str, torch.Tensor]:
+    """n random people in random poses and surroundings: image [n,3,H,W], labels, landmarks5.
+
+    Each neck has its own face's skin tone, except for a `neck_mismatch` share drawn on another person's neck:
+    the situation of a swap, whose truth keeps the target's neck. Without those, a teacher can copy the face's
+    tone from the neck and ignore its identity condition."""
     from facekit.world import synthetic
 
     identities = synthetic.sample_identities(n, seed)
     attributes = synthetic.sample_attributes(n, seed + 1)
     contexts = synthetic.match_neck(synthetic.sample_contexts(n, seed + 2), identities)
+    if neck_mismatch:  # drawn only when on: runs without it render what they always rendered
+        generator = torch.Generator().manual_seed(seed + 3)
+        others = synthetic.match_neck(contexts, synthetic.sample_identities(n, seed + 4))
+        mismatched = torch.rand(n, generator=generator) < neck_mismatch
+        for key in ("neck_lightness", "neck_warmth"):
+            contexts[key] = torch.where(mismatched, others[key], contexts[key])
     return synthetic.render_batch(identities, attributes, contexts, size)
 
 
@@ -30,21 +40,25 @@ def step_seed(seed: int, step: int, world: int, rank: int) -> int:
 class _SyntheticSteps(torch.utils.data.Dataset):
     """Item i is step i's synthetic batch, so DataLoader workers can render the steps ahead in order."""
 
-    def __init__(self, n: int, size: int, seed: int, world: int, rank: int):
+    def __init__(self, n: int, size: int, seed: int, world: int, rank: int, neck_mismatch: float):
         self.n, self.size, self.seed, self.world, self.rank = n, size, seed, world, rank
+        self.neck_mismatch = neck_mismatch
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return synthetic_faces(self.n, step_seed(self.seed, step, self.world, self.rank), self.size)["image"]
+        seed = step_seed(self.seed, step, self.world, self.rank)
+        return synthetic_faces(self.n, seed, self.size, self.neck_mismatch)["image"]
 
 
 class FaceSource:
     """Batches of training faces, one per step (`batches`): a pure function of the step's seed for the synthetic
     world; for a folder the indices come from the generator passed in (whose state checkpoints save)."""
 
-    def __init__(self, data: str, size: int, split: str = "train"):
-        self.data, self.size = data, size
+    def __init__(self, data: str, size: int, split: str = "train", neck_mismatch: float = 0.0):
+        self.data, self.size, self.neck_mismatch = data, size, neck_mismatch
         self.dataset = None
         if data != SYNTHETIC:
+            if neck_mismatch:
+                raise UserError(f"neck_mismatch is a synthetic-world option; data set {data} has its own necks")
             if not Path(data).is_dir():
                 raise UserError(f"data set {data} not found: pass a folder data set or 'synthetic'")
             from facekit.world.folder_dataset import FolderDataset
@@ -60,7 +74,7 @@ class FaceSource:
         step starts, so the generator's checkpointed state stays the step's."""
         if self.dataset is None and workers > 0:
             yield from torch.utils.data.DataLoader(
-                _SyntheticSteps(n, self.size, seed, world, rank), batch_size=None, sampler=steps,
+                _SyntheticSteps(n, self.size, seed, world, rank, self.neck_mismatch), batch_size=None, sampler=steps,
                 num_workers=workers, pin_memory=pin_memory, prefetch_factor=4,
                 generator=torch.Generator())  # its worker seeds must not draw from the training's global RNG
             return
@@ -69,6 +83,6 @@ class FaceSource:
 
     def batch(self, n: int, seed: int, generator: torch.Generator) -> torch.Tensor:
         if self.dataset is None:
-            return synthetic_faces(n, seed, self.size)["image"]
+            return synthetic_faces(n, seed, self.size, self.neck_mismatch)["image"]
         indices = torch.randint(len(self.dataset), (n,), generator=generator).tolist()
         return torch.stack([self.dataset[i]["image"] for i in indices])

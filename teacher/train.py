@@ -5,7 +5,8 @@ conditioned on D_I(x0), the identity of the clean image itself; with `identity_d
 share of each batch is conditioned on the zero identity instead, so that the teacher also learns the unconditional
 model classifier-free guidance needs (`SwapConfig.cfg_scale`); with `low_frequency_noise` (ours, 0 by default) ε
 carries that share of its variance in a smooth field (`diffusion_noise`), and the snapshots tell sampling to draw the
-same. One script for one CPU and for torchrun
+same; with `neck_mismatch` (ours, synthetic world only, 0 by default) that share of the faces sits on another
+person's neck, so the neck no longer tells the teacher the face's tone. One script for one CPU and for torchrun
 (DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
 
 Run layout (`out/`):
@@ -71,6 +72,7 @@ class TrainConfig:
     focus_share: float = 0.0  # 0: t uniform over all steps, as DiffFace
     identity_dropout: float = 0.0  # share of samples conditioned on the zero identity; 0: always conditioned, as DiffFace
     low_frequency_noise: float = 0.0  # share of the noise's variance in a smooth field (diffusion_noise); 0: white, as DiffFace
+    neck_mismatch: float = 0.0  # synthetic world: share of faces on another person's neck (synthetic_faces); 0: none
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
@@ -103,7 +105,7 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 # the pairs built on them would otherwise lie).
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
                    "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
-                   "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise")
+                   "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise", "neck_mismatch")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -122,6 +124,8 @@ def _check_values(config: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: identity_dropout must lie in [0, 1), got {config.identity_dropout}")
     if not 0 <= config.low_frequency_noise < 1:
         raise UserError(f"{where}: low_frequency_noise must lie in [0, 1), got {config.low_frequency_noise}")
+    if not 0 <= config.neck_mismatch <= 1:
+        raise UserError(f"{where}: neck_mismatch must lie in [0, 1], got {config.neck_mismatch}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -187,7 +191,7 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     ema.model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
-    faces = FaceSource(config.data, unet_config.image_size)
+    faces = FaceSource(config.data, unet_config.image_size, neck_mismatch=config.neck_mismatch)
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
     step = _resume(out, model, ema, optimizer, data_rng, rank, device, config, extend)
     if step == 0:

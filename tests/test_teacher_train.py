@@ -128,6 +128,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"focus_share": 0.5}, "focus_share must lie in .* and needs focus_timesteps, got 0.5"),
     ({"identity_dropout": 1.0}, r"identity_dropout must lie in \[0, 1\), got 1.0"),
     ({"low_frequency_noise": -0.1}, r"low_frequency_noise must lie in \[0, 1\), got -0.1"),
+    ({"neck_mismatch": 1.5}, r"neck_mismatch must lie in \[0, 1\], got 1.5"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
@@ -209,6 +210,22 @@ def test_a_fine_tune_of_another_unet_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="init .* is a different UNet"):
         train(config(tmp_path, "other", unet=str(unet), init=str(base / "snapshots/step_0000004.safetensors")),
               experts)
+
+
+def test_neck_mismatch_draws_faces_on_another_persons_neck_and_nothing_else(tmp_path):
+    from facekit.world.synthetic import NECK, face_mask
+    from teacher.data import FaceSource, synthetic_faces
+
+    plain, swapped = synthetic_faces(8, 3, 32), synthetic_faces(8, 3, 32, neck_mismatch=1.0)
+    assert torch.equal(synthetic_faces(8, 3, 32, neck_mismatch=0.0)["image"], plain["image"])
+    assert torch.equal(swapped["labels"], plain["labels"])  # the same people, poses and surroundings
+    neck = (plain["labels"] == NECK)[:, None].float()
+    face = face_mask(plain["labels"])[:, None] & (torch.nn.functional.max_pool2d(neck, 7, 1, 3) == 0)
+    assert torch.equal(swapped["image"] * face, plain["image"] * face)  # 3 px from the neck: its soft edge
+    changed = ((swapped["image"] - plain["image"]).abs() * neck).flatten(1).amax(1)
+    assert (changed > 0.01).all(), changed  # every neck now has another person's tone
+    with pytest.raises(UserError, match="neck_mismatch is a synthetic-world option"):
+        FaceSource(str(tmp_path), 32, neck_mismatch=0.5)
 
 
 def test_loss_goes_down_with_identity_term(tmp_path):
