@@ -1,7 +1,8 @@
 """Swapping faces in photos and videos with a student: detect, align, swap, paste back.
 
-The swap itself runs in PyTorch (a student checkpoint, the identity baked in) or in ONNX Runtime (an
-exported swapper), so what ships to a phone can be checked on a desktop on the same photos.
+The swap itself runs in PyTorch (a student checkpoint, the identity baked in) or on an exported swapper in
+ONNX Runtime (what ships to a phone, checked on a desktop on the same photos) or OpenVINO (the faster
+desktop engine on x86).
 """
 from __future__ import annotations
 
@@ -171,11 +172,11 @@ class FaceSwapRun:
 
 
 def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0, use_emap: bool = False,
-                 pixels: str = "unit") -> CropSwapper:
+                 pixels: str = "unit", engine: str = "onnxruntime") -> CropSwapper:
     """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), an export folder, or another
     project's one-shot ONNX swapper (a crop and an identity vector; `use_emap` for inswapper's emap, `pixels`
-    for what its crop input holds: facekit.onnx_swapper); `threads`
-    for ONNX Runtime (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
+    for what its crop input holds: facekit.onnx_swapper); `engine` runs an .onnx (facekit.onnx_runtime.ENGINES)
+    on `threads` (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
     model = Path(model)
     if model.is_dir():
         model = model / layout.DYNAMIC
@@ -184,11 +185,13 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
     if model.suffix == ".safetensors":
         if identity is None:
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
+        if engine != "onnxruntime":
+            raise UserError(f"--engine {engine} runs .onnx files; {model} is a student checkpoint (PyTorch)")
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
         from facekit.onnx_swapper import one_shot_inputs
 
-        session = load_session(model, "all", threads)  # opened once: its inputs say what kind of swapper it is
+        session = load_session(model, "all", threads, engine)  # opened once: its inputs say what kind of swapper it is
         if one_shot_inputs(session) is not None:
             if identity is None:
                 raise UserError(f"{model} is a one-shot swapper: it needs --source (a face photo and --embedder)")

@@ -1,7 +1,7 @@
 """`distilswap bench`: what the student costs on this CPU, next to a SimSwap-class dense generator.
 
 Absolute times on shared machines drift, so every number that matters is also given as a ratio
-measured in the same run (dynamic vs baked, int8 vs fp32, peer vs student).
+measured in the same run (dynamic vs baked, int8 vs fp32, OpenVINO vs ONNX Runtime, peer vs student).
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ SESSION_REPEATS = 3
 PROFILE_RUNS = 50  # profiled runs of the baked graph (fewer when --runs is smaller)
 TARGETS = {
     "baked_p50_ms_1_thread": 12.0,
+    "openvino_baked_p50_ms_1_thread": 10.0,
+    "openvino_max_abs_error": 1e-4,
     "dynamic_over_baked": 2.2,
     "coreml_palettized_mb": 0.4,
     "int8_onnx_mb": 0.7,
@@ -113,6 +115,7 @@ def run_bench(options: BenchOptions) -> dict:
     report.update(_counts(subject))
     artifacts_dir, peer_path, formats = _artifacts(options, subject, out, report)
     report["peers"] = _peer_counts(options, subject, artifacts_dir, peer_path)
+    report["openvino_max_abs_error"] = _openvino_error(subject, artifacts_dir)
     report["latency"] = _latency(options, subject, artifacts_dir, peer_path, formats)
     report["session_creation_ms"] = _session_creation(subject, artifacts_dir, peer_path)
     report["kernel_profile"] = _kernel_profile(options, subject, artifacts_dir, out)
@@ -226,6 +229,8 @@ def _latency(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer
             sessions["int8"] = ort_session(artifacts_dir / layout.int8(BENCH_NAME), "all", threads)
         calls = {f"ort_{name}_{t}": (lambda s=session, w=weights if name == "dynamic" else None: run_swapper(s, x, w))
                  for name, session in sessions.items()}
+        for name, session in _openvino_sessions(artifacts_dir, formats, threads).items():
+            calls[f"openvino_{name}_{t}"] = lambda s=session: run_swapper(s, x)
         injector = ort_session(artifacts_dir / layout.INJECTOR, "all", threads)
         calls[f"ort_injector_{t}"] = lambda: injector.run(None, feeds)
         calls[f"torch_eager_baked_{t}"] = lambda: subject.net(subject.target)
@@ -247,6 +252,25 @@ def _latency(options: BenchOptions, subject: _Subject, artifacts_dir: Path, peer
                       f"ort_baked_paired_with_{Path(peer).stem}_{t}": calls[f"ort_baked_{t}"]}
             latency.update(time_interleaved(paired, options.peer_runs, min(options.warmup, 2), f"{Path(peer).stem} {t}"))
     return latency
+
+
+def _openvino_sessions(artifacts_dir: Path, formats: tuple[str, ...], threads: int) -> dict[str, object]:
+    """The baked file (and the int8 one) on OpenVINO, the app's other engine (`swap --engine openvino`)."""
+    from facekit.openvino_session import OpenVinoSession
+
+    files = {"baked": layout.baked(BENCH_NAME), **({"int8": layout.int8(BENCH_NAME)} if "int8" in formats else {})}
+    return {name: OpenVinoSession(artifacts_dir / file, threads) for name, file in files.items()}
+
+
+def _openvino_error(subject: _Subject, artifacts_dir: Path) -> float:
+    """Max abs difference of OpenVINO's baked outputs (image, mask) from PyTorch's on the bench input."""
+    from export.onnx_export import run_swapper
+    from facekit.openvino_session import OpenVinoSession
+
+    session = OpenVinoSession(artifacts_dir / layout.baked(BENCH_NAME), 1)
+    with torch.no_grad():
+        expected = [t.numpy() for t in subject.net(subject.target)]
+    return max(float(np.abs(a - b).max()) for a, b in zip(run_swapper(session, subject.target.numpy()), expected))
 
 
 def _random_feeds(session) -> dict[str, np.ndarray]:
@@ -289,6 +313,7 @@ def _session_creation(subject: _Subject, artifacts_dir: Path, peer_path: Path) -
     """How long a phone app waits before its first frame, per graph (1 thread)."""
     from export.onnx_export import identity_session
     from facekit.onnx_runtime import ort_session
+    from facekit.openvino_session import OpenVinoSession
 
     baked, dynamic = artifacts_dir / layout.baked(BENCH_NAME), artifacts_dir / layout.DYNAMIC
     weights = _identity_weights(subject)
@@ -298,6 +323,7 @@ def _session_creation(subject: _Subject, artifacts_dir: Path, peer_path: Path) -
         "ort_format": session_creation_ms(lambda: ort_session(artifacts_dir / layout.ort(BENCH_NAME), "disable", 1)),
         "baked_add_initializer": session_creation_ms(lambda: identity_session(baked, weights, "all", 1)),
         "peer_simswap": session_creation_ms(lambda: ort_session(peer_path, "all", 1)),
+        "openvino_baked": session_creation_ms(lambda: OpenVinoSession(baked, 1)),
     }
 
 
@@ -306,9 +332,10 @@ def _machine() -> dict:
     import platform
 
     import onnxruntime
+    import openvino
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__, "load_average_before": os.getloadavg()[0]}
+            "openvino": openvino.__version__.split("-")[0], "torch": torch.__version__, "load_average_before": os.getloadavg()[0]}
 
 
 def _ratios(report: dict, threads: tuple[int, ...]) -> dict[str, float]:
@@ -325,6 +352,10 @@ def _ratios(report: dict, threads: tuple[int, ...]) -> dict[str, float]:
             ratios[f"ort_format_over_onnx_{t}t"] = p50("ort_ort_format") / p50("ort_baked")
         if f"ort_int8_{t}t" in latency:
             ratios[f"int8_over_fp32_{t}t"] = p50("ort_int8") / p50("ort_baked")
+        ratios[f"openvino_over_ort_baked_{t}t"] = p50("openvino_baked") / p50("ort_baked")
+        if f"openvino_int8_{t}t" in latency:
+            ratios[f"openvino_int8_over_openvino_fp32_{t}t"] = p50("openvino_int8") / p50("openvino_baked")
+            ratios[f"openvino_int8_over_ort_fp32_{t}t"] = p50("openvino_int8") / p50("ort_baked")
         for peer in report["options"]["peers"]:
             name = Path(peer).stem
             ratios[f"{name}_over_baked_{t}t"] = p50(f"ort_{name}") / p50(f"ort_baked_paired_with_{name}")
@@ -336,6 +367,8 @@ def _targets(report: dict) -> dict[str, dict]:
     sizes, latency, ratios = report["file_bytes"], report["latency"], report["ratios"]
     measured = {
         "baked_p50_ms_1_thread": latency.get("ort_baked_1t", {}).get("p50_ms"),
+        "openvino_baked_p50_ms_1_thread": latency.get("openvino_baked_1t", {}).get("p50_ms"),
+        "openvino_max_abs_error": report.get("openvino_max_abs_error"),
         "dynamic_over_baked": ratios.get("dynamic_over_baked_1t"),
         "coreml_palettized_mb": sizes.get(layout.coreml(BENCH_NAME, palettized=True), None),
         "int8_onnx_mb": sizes.get(layout.int8(BENCH_NAME), None),

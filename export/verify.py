@@ -162,10 +162,13 @@ def _check_dynamic(result, path, reference, entry, resolution) -> None:
 
 def _check_baked(result, path, reference, entry, resolution) -> None:
     from export.onnx_export import check_identity_initializers, identity_session, run_swapper
+    from facekit.openvino_session import OpenVinoSession
 
     _onnx_common(result, path)
     run = lambda session: run_swapper(session, reference["target"])  # noqa: E731
     _compare_levels(result, path, run, [reference["image"], reference["mask"]], FP32_TOLERANCE)
+    error = max(float(np.abs(o - e).max()) for o, e in zip(run(OpenVinoSession(path, 1)), (reference["image"], reference["mask"])))
+    result.measure(path.name, "max abs vs PyTorch (OpenVINO)", error, FP32_TOLERANCE)
     weights = _weights(reference)
     problems = check_identity_initializers(path, {k: v.shape for k, v in weights.items()})
     result.add(path.name, "identity initializers by name", not problems, note="; ".join(problems))
@@ -187,14 +190,17 @@ def _check_ort(result, path, reference, entry, resolution) -> None:
 
 
 def _check_int8(result, path, reference, entry, resolution) -> None:
+    """The int8 file on both engines the app runs it on: they quantize the same QDQ graph each its own way."""
     from export.onnx_export import run_swapper
     from facekit.onnx_runtime import ort_session
+    from facekit.openvino_session import OpenVinoSession
 
     _onnx_common(result, path)
-    session = ort_session(path, "all")
     crops, expected = reference["int8_crops"], reference["int8_expected"]
-    errors = [np.abs(run_swapper(session, crop[None])[0] - want[None]).mean() for crop, want in zip(crops, expected)]
-    result.measure(path.name, "int8 mean abs error (crops)", float(np.mean(errors)), entry.get("bound"), note=entry.get("note", ""))
+    for engine, session in (("", ort_session(path, "all")), (" (OpenVINO)", OpenVinoSession(path, 1))):
+        errors = [np.abs(run_swapper(session, crop[None])[0] - want[None]).mean() for crop, want in zip(crops, expected)]
+        result.measure(path.name, f"int8 mean abs error (crops){engine}", float(np.mean(errors)), entry.get("bound"),
+                       note=entry.get("note", ""))
 
 
 def _check_coreml(result, path, reference, entry, resolution) -> None:

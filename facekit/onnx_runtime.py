@@ -1,10 +1,12 @@
 """The one place ONNX Runtime sessions are made (export, verification, bench, the app, external swappers):
-CPU provider, quiet logs, explicit thread counts and optimisation level."""
+CPU provider, quiet logs, explicit thread counts and optimisation level. A user's file may instead run on
+OpenVINO (`ENGINES`, facekit/openvino_session.py) behind the same two calls."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+ENGINES = ("onnxruntime", "openvino")
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
@@ -31,11 +33,17 @@ def ort_session(model: str | Path | bytes, level: str = "basic", threads: int = 
                                 **extra)
 
 
-def load_session(path: str | Path, level: str = "all", threads: int = 0):
-    """A session for a user's ONNX file, or one line saying it is not a loadable model."""
+def load_session(path: str | Path, level: str = "all", threads: int = 0, engine: str = "onnxruntime"):
+    """A session for a user's ONNX file on `engine`, or one line saying it is not a loadable model."""
     from facekit.errors import UserError
 
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine}: not one of {', '.join(ENGINES)}")
     try:
+        if engine == "openvino":
+            from facekit.openvino_session import OpenVinoSession
+
+            return OpenVinoSession(path, threads)
         return ort_session(path, level, threads)
-    except Exception as err:  # ORT raises its own types for foreign/corrupt files
-        raise UserError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
+    except Exception as err:  # each engine raises its own types for foreign/corrupt files
+        raise UserError(f"{path}: not a loadable ONNX model for {engine} ({str(err).strip().splitlines()[0][:200]})") from None

@@ -12,7 +12,7 @@ import distilswap
 
 # (argv, what the one line must contain). {d} is a folder of the user's files, made fresh for each case:
 # afile (a file), bad.yaml (a syntax error), list.yaml (not a mapping), types.yaml (a wrong type), noise.png
-# (an image without a face), junk.safetensors / junk.pt / junk.npz (corrupt), experts/ (not trained).
+# (an image without a face), junk.safetensors / junk.pt / junk.npz / junk.onnx (corrupt), experts/ (not trained).
 CASES = [
     (["swap", "--model", "m.onnx", "--target", "t.png", "--out", "{d}/o.png", "--onnx-pixels", "bgr"],
      "swap: argument --onnx-pixels: invalid choice: 'bgr'"),
@@ -90,6 +90,10 @@ CASES = [
       "--out", "{d}/o.png"], "unknown source type"),
     (["swap", "--model", "{d}/junk.safetensors", "--target", "{d}/noise.png", "--out", "{d}/o.mp4", "--detect-every", "0"],
      "--detect-every 0"),
+    (["swap", "--model", "{d}/junk.onnx", "--target", "{d}/noise.png", "--out", "{d}/o.png", "--engine", "openvino"],
+     "junk.onnx: not a loadable ONNX model for openvino"),
+    (["swap", "--model", "{d}/junk.onnx", "--target", "{d}/noise.png", "--out", "{d}/o.png"],
+     "junk.onnx: not a loadable ONNX model for onnxruntime"),
     (["evaluate", "--model", "target", "--sources", "{d}/nope", "--targets", "{d}", "--out", "{d}/e"],
      "no such folder of source photos"),
     (["evaluate", "--model", "{d}/junk.safetensors", "--sources", "{d}", "--targets", "{d}", "--out", "{d}/e"],
@@ -110,6 +114,7 @@ def _user_files(d: Path) -> None:
     (d / "junk.safetensors").write_bytes(b"\x00" * 7)
     (d / "junk.pt").write_bytes(b"not a pickle")
     (d / "junk.npz").write_bytes(b"not a zip")
+    (d / "junk.onnx").write_bytes(b"not a model")
     (d / "experts").mkdir()
     (d / "teacher_bench").mkdir()
     (d / "teacher_bench" / "bench.md").write_text("an earlier teacher bench\n")

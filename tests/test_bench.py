@@ -46,8 +46,11 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     assert report["macs"]["student_fvcore"] == report["macs"]["student_flop_counter"] > 0
     assert report["params"]["per_identity_weights"] > 0 and len(report["top_layers"]) == 10
     for key in ("ort_baked_1t", "ort_dynamic_1t", "ort_baked_add_initializer_1t", "ort_int8_1t", "ort_injector_1t",
-                "ort_peer_simswap_1t", "torch_eager_baked_1t"):
+                "ort_peer_simswap_1t", "torch_eager_baked_1t", "openvino_baked_1t", "openvino_int8_1t"):
         assert report["latency"][key]["p50_ms"] > 0
+    # the other engine runs the same file to PyTorch's numbers, and is timed in the same rounds
+    assert report["targets"]["openvino_max_abs_error"]["met"] and report["openvino_max_abs_error"] < 1e-4
+    assert {"openvino_over_ort_baked_1t", "openvino_int8_over_openvino_fp32_1t"} <= set(report["ratios"])
     assert {"swapper_bench.onnx", "swapper_bench_int8.onnx", "swapper_bench.ort", "peer_simswap.onnx"} <= set(report["file_bytes"])
     assert report["targets"]["coreml_palettized_mb"]["met"] is None  # not measured in this run, not claimed
     # MACs counted from the ONNX graphs agree with the torch counters (BatchNorm is folded in the export)

@@ -128,8 +128,9 @@ def _write_clip_with_audio(av, path, frames, fps=10):
         container.mux(audio.encode(None))
 
 
-def test_the_exported_phone_graph_swaps_like_the_pytorch_student(assets):
-    """The baked ONNX (what ships to a phone) checked on a desktop photo: same faces, same pixels ±1."""
+def test_the_exported_phone_graph_swaps_like_the_pytorch_student_on_both_engines(assets, capsys):
+    """The baked ONNX (what ships to a phone) checked on a desktop photo, on ONNX Runtime and on OpenVINO: same
+    faces, same pixels ±1."""
     from export.onnx_export import export_baked
     from facekit.identity import load_identity
     from student.checkpoint import load_student
@@ -137,9 +138,14 @@ def test_the_exported_phone_graph_swaps_like_the_pytorch_student(assets):
     root, checkpoint, identity, _ = assets
     _, embedding, feature_map = load_identity(identity)
     onnx_path = export_baked(load_student(checkpoint).bake(embedding, feature_map), root / "swapper_someone.onnx", {})
-    by_torch, by_onnx = root / "torch.png", root / "onnx.png"
-    for model, out in ((checkpoint, by_torch), (onnx_path, by_onnx)):
+    runs = {"torch.png": (checkpoint, "onnxruntime"), "onnx.png": (onnx_path, "onnxruntime"),
+            "openvino.png": (onnx_path, "openvino")}
+    for out, (model, engine) in runs.items():
         assert distilswap.main(["swap", "--model", str(model), "--source", str(identity), "--target", str(GROUP),
-                                "--out", str(out), "--face-index", "0"]) == 0
-    difference = np.abs(read_image(by_torch).astype(int) - read_image(by_onnx).astype(int))
-    assert difference.max() <= 1
+                                "--out", str(root / out), "--face-index", "0", "--engine", engine]) == 0
+    by_torch = read_image(root / "torch.png").astype(int)
+    for out in ("onnx.png", "openvino.png"):
+        assert np.abs(by_torch - read_image(root / out).astype(int)).max() <= 1, out
+    assert distilswap.main(["swap", "--model", str(checkpoint), "--source", str(identity), "--target", str(GROUP),
+                            "--out", str(root / "pt.png"), "--engine", "openvino"]) == 2
+    assert "runs .onnx files" in capsys.readouterr().err
