@@ -30,7 +30,9 @@ from student.model import MobileFaceSwap, check_identity_values
 FORMATS = ("onnx", "ort", "int8", "coreml")
 DEFAULT_FORMATS = ("onnx", "ort", "coreml")
 INT8_TARGET = 2 / 255  # the target for a trained student (mean abs error on real crops)
-INT8_BOUND = 8 / 255  # what verification enforces: catches broken quantization, also on random-init students
+# What verification enforces: the target itself. With the mask head in fp32 (export/quantize.py) the demo's
+# distilled student reads 0.0012 on held-out crops, a random-init 224² one 1e-5.
+INT8_BOUND = INT8_TARGET
 INT8_EVAL_CROPS = 8
 REFERENCE_SEED = 1234
 MAC_CHECK = Path(__file__).with_name("mac_check.py")

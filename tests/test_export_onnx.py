@@ -291,6 +291,26 @@ def test_an_int8_file_that_misses_its_bound_is_left_out_unless_required(world, t
     assert "swapper_alice_int8" not in (out / "README.md").read_text()
 
 
+def test_int8_keeps_the_whole_mask_head_in_float_and_quantizes_the_rest(world, tmp_path, monkeypatch):
+    """The mask gates every pixel between swap and target: quantized, it carried most of int8's error."""
+    import onnx
+
+    from export import quantize
+
+    monkeypatch.setattr(quantize, "INT8_MIN_CHANNELS", 0)  # every conv eligible: only the mask rule keeps floats
+    _, net, _, _ = _baked(world, "alice")
+    baked = export_baked(net, tmp_path / "baked.onnx", {})
+    crops, _ = quantize.calibration_crops(world["root"] / "crops", RES)
+    int8 = onnx.load(str(quantize.quantize_int8(baked, tmp_path / "int8.onnx", crops)))
+    head = quantize.mask_head_nodes(tmp_path / "int8.onnx")
+    kinds = {n.name: n.op_type for n in int8.graph.node}
+    assert sum(kinds[name] == "Conv" for name in head) >= 5  # the up / depthwise / pointwise blocks
+    assert not [name for name in head if "Quantize" in kinds[name]]
+    quantized = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    convs_on_int8 = [n for n in int8.graph.node if n.op_type == "Conv" and n.input[1] in quantized]  # int8 weights
+    assert convs_on_int8 and not [n for n in convs_on_int8 if n.name in head]
+
+
 def _digest(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
