@@ -137,8 +137,10 @@ BACKGROUND_NICENESS = 10
 
 
 def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
-    """Decode, track + swap and encode in three overlapping threads, the swap on this one (a fourth, tracking
-    apart from swapping, measured slower on 2 cores: the threads then mostly wait for the GIL)."""
+    """Decode, find and align the faces (track), swap and paste, and encode in four overlapping threads, the swap
+    on this one. dlib's detector, OpenCV and both engines release the GIL, so on 2 cores tracking beside the swap
+    pays (480p 54-56 -> 72-73 fps); it did not while the crops' float conversion ran in torch, whose idle
+    OpenMP workers spun on the second core."""
     import copy
 
     from tqdm import tqdm
@@ -156,7 +158,8 @@ def _swap_video(args: argparse.Namespace, target, detector, swapper) -> None:
     tracker = FaceTracker(detector, predictor, TrackerSettings(every=args.detect_every, detect_width=args.detect_width))
     run = FaceSwapRun(tracker, swapper, face_index=args.face_index, smooth_rate=None if args.no_smooth else float(info.fps))
     frames = read_ahead(run.clock.timed(iter_frames(target), "decode"), niceness=BACKGROUND_NICENESS)
-    swapped = (run(frame)[0] for frame in frames)
+    prepared = read_ahead((run.prepare(frame) for frame in frames))
+    swapped = (run.finish(faces) for faces in prepared)
 
     def encode(items):
         shown = tqdm(run.clock.timed(items, "encode: waiting"), total=info.frames or None, unit="frame", desc="swap")

@@ -32,8 +32,10 @@ class CropSwapper(Protocol):
     def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def _to_tensor(crops: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div(255.0)
+def _to_unit_nchw(crops: np.ndarray) -> np.ndarray:
+    """uint8 [N,S,S,3] -> float32 [N,3,S,S] in [0,1]. In numpy, not torch: a torch op here wakes torch's OpenMP
+    workers, which then spin on the core a video's decoder and encoder need (4 ms of CPU a frame at 480p)."""
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
 def _to_numpy(images: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,7 @@ class TorchSwapper:
 
     @torch.no_grad()
     def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images, masks = self.net(_to_tensor(crops))
+        images, masks = self.net(torch.from_numpy(_to_unit_nchw(crops)))
         return _to_numpy(images.numpy(), masks.numpy())
 
 
@@ -79,7 +81,7 @@ class OnnxSwapper:
 
     def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images, masks = [], []
-        for crop in _to_tensor(crops).numpy():  # phone graphs are batch 1
+        for crop in _to_unit_nchw(crops):  # phone graphs are batch 1
             image, mask = self.session.run(None, {self.image_input: crop[None], **self.feeds})[:2]
             images.append(image)
             masks.append(mask)
@@ -101,7 +103,7 @@ class ExternalSwapper:
         self.latent = self.model.latent(embedding.detach().cpu().numpy())
 
     def __call__(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model(_to_tensor(crops).numpy(), self.latent)
+        out = self.model(_to_unit_nchw(crops), self.latent)
         return out.transpose(0, 2, 3, 1).clip(0, 1), np.ones((len(crops), self.size, self.size), np.float32)
 
 
