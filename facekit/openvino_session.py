@@ -7,6 +7,7 @@ both in the same rounds). It is a desktop engine; phones keep the `.onnx`/`.ort`
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,8 @@ class OpenVinoSession:
     """A compiled model with one infer request (not thread-safe, like one ORT session per thread in the app)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        import openvino as ov
-
         config = dict(FP32_CONFIG, **({"INFERENCE_NUM_THREADS": threads} if threads else {}))
-        self._compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self._compiled = _core().compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
     def get_inputs(self) -> list[Port]:
@@ -47,6 +46,16 @@ class OpenVinoSession:
         wanted = output_names or [p.any_name for p in outputs]
         by_name = {p.any_name: results[p] for p in outputs}
         return [by_name[name] for name in wanted]
+
+
+@functools.cache
+def _core():
+    """One OpenVINO Core for the process, never released. Its CPU plugin installs a signal stack for the thread
+    that loads it; a Core released with its last model unloaded the plugin and left that stack dangling, and the
+    next Ctrl-C (Python's handlers run on the signal stack) crashed the process."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def _port(port) -> Port:

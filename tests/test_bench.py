@@ -1,6 +1,8 @@
 """`distilswap bench` end to end on a tiny student and a tiny SimSwap-class peer (no timing assertions)."""
+import ctypes
 import dataclasses
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -70,6 +72,26 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, capsys):
     assert "## Where the time goes" in markdown and f"`{profile['nodes'][0]['node']}`" in markdown
     assert "than a SimSwap-class generator" in capsys.readouterr().out
     assert distilswap.main(argv) == 2  # a finished bench is not overwritten without --force
+    # OpenVINO's CPU plugin gives the thread a signal stack; it must outlive the bench's sessions, or the next
+    # Ctrl-C (Python's handlers run on that stack) crashes the process instead of stopping it
+    assert _signal_stack_is_usable()
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def _signal_stack_is_usable() -> bool:
+    """This thread's alternate signal stack is off, or lies in mapped memory (Linux)."""
+    libc = ctypes.CDLL(None)
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    stack = Stack()
+    assert libc.sigaltstack(None, ctypes.byref(stack)) == 0
+    if stack.flags & 2:  # SS_DISABLE
+        return True
+    ranges = (line.split()[0].split("-") for line in open("/proc/self/maps"))
+    return any(int(low, 16) <= stack.sp and stack.sp + stack.size <= int(high, 16) for low, high in ranges)
 
 
 def test_kernel_profile_takes_medians_after_warmup_and_totals_per_op():
