@@ -115,7 +115,6 @@ def run_bench(options: BenchOptions) -> dict:
     report.update(_counts(subject))
     artifacts_dir, peer_path, formats = _artifacts(options, subject, out, report)
     report["peers"] = _peer_counts(options, subject, artifacts_dir, peer_path)
-    report["openvino_max_abs_error"] = _openvino_error(subject, artifacts_dir)
     report["latency"] = _latency(options, subject, artifacts_dir, peer_path, formats)
     report["session_creation_ms"] = _session_creation(subject, artifacts_dir, peer_path)
     report["kernel_profile"] = _kernel_profile(options, subject, artifacts_dir, out)
@@ -182,10 +181,12 @@ def _counts(subject: _Subject) -> dict:
 
 
 def _artifacts(options: BenchOptions, subject: _Subject, out: Path, report: dict) -> tuple[Path, Path, tuple[str, ...]]:
-    """The verified export and the peer graph; file sizes and the int8 error go into the report. Returns the
-    artifacts folder, the peer file and the formats to time (an int8 file that missed its bound is not)."""
+    """The verified export and the peer graph; file sizes, OpenVINO's error and the int8 error go into the report.
+    Returns the artifacts folder, the peer file and the formats to time (an int8 file that missed its bound is
+    not)."""
     from export.artifacts import export_artifacts
     from export.onnx_export import export_graph
+    from export.verify import OPENVINO_CHECK
 
     formats = ("onnx", "ort", *(("int8",) if options.calibration else ()), *(("coreml",) if options.coreml else ()))
     artifacts_dir = out / "artifacts"
@@ -197,6 +198,7 @@ def _artifacts(options: BenchOptions, subject: _Subject, out: Path, report: dict
     files = {p.name: p for p in artifacts_dir.iterdir() if p.suffix in (".onnx", ".ort", ".mlpackage")}
     files[peer_path.name] = peer_path
     report["file_bytes"] = {name: file_size(path) for name, path in sorted(files.items())}
+    report["openvino_max_abs_error"] = next(c.value for c in verification.checks if c.check == OPENVINO_CHECK)
     int8_check = next((c for c in verification.checks if c.check.startswith("int8 mean abs")), None)
     int8_skipped = verification.skipped.get(layout.int8(BENCH_NAME))
     report["int8_mean_abs_error"] = (int8_check.value if int8_check else int8_skipped["value"] if int8_skipped else None)
@@ -260,17 +262,6 @@ def _openvino_sessions(artifacts_dir: Path, formats: tuple[str, ...], threads: i
 
     files = {"baked": layout.baked(BENCH_NAME), **({"int8": layout.int8(BENCH_NAME)} if "int8" in formats else {})}
     return {name: OpenVinoSession(artifacts_dir / file, threads) for name, file in files.items()}
-
-
-def _openvino_error(subject: _Subject, artifacts_dir: Path) -> float:
-    """Max abs difference of OpenVINO's baked outputs (image, mask) from PyTorch's on the bench input."""
-    from export.onnx_export import run_swapper
-    from facekit.openvino_session import OpenVinoSession
-
-    session = OpenVinoSession(artifacts_dir / layout.baked(BENCH_NAME), 1)
-    with torch.no_grad():
-        expected = [t.numpy() for t in subject.net(subject.target)]
-    return max(float(np.abs(a - b).max()) for a, b in zip(run_swapper(session, subject.target.numpy()), expected))
 
 
 def _random_feeds(session) -> dict[str, np.ndarray]:

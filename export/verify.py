@@ -19,6 +19,7 @@ MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
 REPORT = "verification.json"
 FP32_TOLERANCE = 1e-4  # max abs at ORT_ENABLE_BASIC (measured ≈1e-7; ENABLE_ALL fuses and drifts)
+OPENVINO_CHECK = "max abs vs PyTorch (OpenVINO)"  # the baked file on the app's other engine (bench reads it)
 ORT_FORMAT_TOLERANCE = 1e-3  # the .ort file is pre-optimised at ENABLE_EXTENDED
 WEIGHT_PREFIX = "weight/"
 
@@ -168,7 +169,7 @@ def _check_baked(result, path, reference, entry, resolution) -> None:
     run = lambda session: run_swapper(session, reference["target"])  # noqa: E731
     _compare_levels(result, path, run, [reference["image"], reference["mask"]], FP32_TOLERANCE)
     error = max(float(np.abs(o - e).max()) for o, e in zip(run(OpenVinoSession(path, 1)), (reference["image"], reference["mask"])))
-    result.measure(path.name, "max abs vs PyTorch (OpenVINO)", error, FP32_TOLERANCE)
+    result.measure(path.name, OPENVINO_CHECK, error, FP32_TOLERANCE)
     weights = _weights(reference)
     problems = check_identity_initializers(path, {k: v.shape for k, v in weights.items()})
     result.add(path.name, "identity initializers by name", not problems, note="; ".join(problems))
