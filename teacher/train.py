@@ -6,8 +6,10 @@ share of each batch is conditioned on the zero identity instead, so that the tea
 model classifier-free guidance needs (`SwapConfig.cfg_scale`); with `low_frequency_noise` (ours, 0 by default) ε
 carries that share of its variance in a smooth field (`diffusion_noise`), and the snapshots tell sampling to draw the
 same; with `neck_mismatch` (ours, synthetic world only, 0 by default) that share of the faces sits on another
-person's neck, so the neck no longer tells the teacher the face's tone. One script for one CPU and for torchrun
-(DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
+person's neck, so the neck no longer tells the teacher the face's tone; with `recolour` (ours, synthetic world
+only, 0 by default) that share of the samples at t ≥ RECOLOUR_FROM·T is noised from the same face in another
+person's skin and iris colours while the loss still asks for the face itself (`_noised_start`). One script for one
+CPU and for torchrun (DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
 
 Run layout (`out/`):
   checkpoints/step_NNNNNNN.{model,ema}.safetensors + .state.pt  optimizer, step, RNG states (weights_only-safe)
@@ -73,6 +75,7 @@ class TrainConfig:
     identity_dropout: float = 0.0  # share of samples conditioned on the zero identity; 0: always conditioned, as DiffFace
     low_frequency_noise: float = 0.0  # share of the noise's variance in a smooth field (diffusion_noise); 0: white, as DiffFace
     neck_mismatch: float = 0.0  # synthetic world: share of faces on another person's neck (synthetic_faces); 0: none
+    recolour: float = 0.0  # synthetic world: share of samples noised from the face in other colours (_noised_start)
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
@@ -105,7 +108,8 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 # the pairs built on them would otherwise lie).
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
                    "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
-                   "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise", "neck_mismatch")
+                   "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise", "neck_mismatch",
+                   "recolour")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -126,6 +130,8 @@ def _check_values(config: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: low_frequency_noise must lie in [0, 1), got {config.low_frequency_noise}")
     if not 0 <= config.neck_mismatch <= 1:
         raise UserError(f"{where}: neck_mismatch must lie in [0, 1], got {config.neck_mismatch}")
+    if not 0 <= config.recolour <= 1:
+        raise UserError(f"{where}: recolour must lie in [0, 1], got {config.recolour}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -191,7 +197,8 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     ema.model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     diffusion = GaussianDiffusion.create(config.schedule, config.diffusion_steps, learn_sigma=unet_config.learn_sigma)
-    faces = FaceSource(config.data, unet_config.image_size, neck_mismatch=config.neck_mismatch)
+    faces = FaceSource(config.data, unet_config.image_size, neck_mismatch=config.neck_mismatch,
+                       recolour=bool(config.recolour))
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
     step = _resume(out, model, ema, optimizer, data_rng, rank, device, config, extend)
     if step == 0:
@@ -211,9 +218,11 @@ def train(config: TrainConfig, experts: Experts | None = None, stop_after: int |
     interrupted = InterruptFlag()
     batches = faces.batches(range(step, last), config.batch_size, config.seed, world, rank, data_rng,
                             data_workers(config, device, world), pin_memory=device.type == "cuda")
-    for images in batches:
+    for images, recoloured in batches:
         x0 = to_model(images.to(device, non_blocking=True))
-        terms = _losses(wrapped, diffusion, experts, x0, config, autocast)
+        if recoloured is not None:
+            recoloured = to_model(recoloured.to(device, non_blocking=True))
+        terms = _losses(wrapped, diffusion, experts, x0, config, autocast, recoloured)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -272,13 +281,33 @@ def sample_timesteps(n: int, num_timesteps: int, config: TrainConfig, device: to
     return t
 
 
+# recolour acts from this fraction of the noise levels up: the levels where a swap's colours are decided (the
+# sampler's mask ramp ends near 0.35·T). Below it the loss's ε target would grow as √(SNR)·(recoloured − x0).
+RECOLOUR_FROM = 0.3
+
+
+def _noised_start(x0: torch.Tensor, recoloured: torch.Tensor | None, t: torch.Tensor, num_timesteps: int,
+                  share: float) -> torch.Tensor:
+    """The image each sample's x_t is noised from: x0, or for a `share` of the samples at t ≥ RECOLOUR_FROM·T its
+    recoloured twin. Why (ours): in a swap x_t holds the target's colours, and a teacher trained only on
+    x_t noised from the truth learns to keep x_t's colours; noised from a twin in other colours, with x0 as
+    the answer, the colours must come from the identity condition."""
+    if not share:  # drawn only when on: runs without it draw what they always drew
+        return x0
+    chosen = (torch.rand(x0.shape[0], device=x0.device) < share) & (t >= RECOLOUR_FROM * num_timesteps)
+    return torch.where(chosen[:, None, None, None], recoloured, x0)
+
+
 def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Experts, x0: torch.Tensor,
-            config: TrainConfig, autocast: torch.dtype | None) -> dict[str, torch.Tensor]:
+            config: TrainConfig, autocast: torch.dtype | None,
+            recoloured: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         identity = experts.identity(x0)
     t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, config, x0.device)
     noise = diffusion_noise(x0, config.low_frequency_noise)
-    x_t = diffusion.q_sample(x0, t, noise)
+    x_t = diffusion.q_sample(_noised_start(x0, recoloured, t, diffusion.num_timesteps, config.recolour), t, noise)
+    if config.recolour:  # the ε that takes this x_t to x0 itself
+        noise = diffusion.eps_from_pred_xstart(x_t, t, x0)
     condition = identity
     if config.identity_dropout:  # drawn only when on: runs without it draw what they always drew
         condition = identity * (torch.rand(x0.shape[0], 1, device=x0.device) >= config.identity_dropout)

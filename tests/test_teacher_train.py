@@ -129,6 +129,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"identity_dropout": 1.0}, r"identity_dropout must lie in \[0, 1\), got 1.0"),
     ({"low_frequency_noise": -0.1}, r"low_frequency_noise must lie in \[0, 1\), got -0.1"),
     ({"neck_mismatch": 1.5}, r"neck_mismatch must lie in \[0, 1\], got 1.5"),
+    ({"recolour": -0.5}, r"recolour must lie in \[0, 1\], got -0.5"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
@@ -226,6 +227,43 @@ def test_neck_mismatch_draws_faces_on_another_persons_neck_and_nothing_else(tmp_
     assert (changed > 0.01).all(), changed  # every neck now has another person's tone
     with pytest.raises(UserError, match="neck_mismatch is a synthetic-world option"):
         FaceSource(str(tmp_path), 32, neck_mismatch=0.5)
+
+
+def test_recolour_noises_high_t_samples_from_other_colours_and_still_asks_for_the_face(tmp_path, monkeypatch):
+    from facekit.world.synthetic import face_mask
+    from teacher import train as training
+    from teacher.data import FaceSource, synthetic_faces
+    from teacher.diffusion import GaussianDiffusion, extract
+    from teacher.experts import to_model
+
+    faces = synthetic_faces(4, 3, 32, recolour=True)
+    assert torch.equal(faces["image"], synthetic_faces(4, 3, 32)["image"])  # runs without it render the same
+    changed = (faces["recoloured"] - faces["image"]).abs().amax(1)
+    near_face = torch.nn.functional.max_pool2d(face_mask(faces["labels"])[:, None].float(), 5, 1, 2)[:, 0] > 0
+    assert changed[~near_face].max() < 1e-3 and (changed.amax((1, 2)) > 0.01).all()  # the face's colours only
+    x0, recoloured = to_model(faces["image"]), to_model(faces["recoloured"])
+    diffusion = GaussianDiffusion.create("linear", 1000)
+    t = torch.tensor([100, 299, 300, 900])
+    monkeypatch.setattr(training, "sample_timesteps", lambda *args: t)
+    seen = {}
+
+    def oracle(x_t, model_t, identity):  # denoises every x_t to the true face
+        seen["x_t"] = x_t
+        return torch.cat([diffusion.eps_from_pred_xstart(x_t, t, x0), torch.zeros_like(x_t)], dim=1)
+
+    experts, settings = tiny_experts(), config(tmp_path, "c", recolour=1.0)
+    torch.manual_seed(0)
+    terms = training._losses(oracle, diffusion, experts, x0, settings, None, recoloured)
+    torch.manual_seed(0)
+    noise = torch.randn_like(x0)  # the first draw after t, as in _losses
+    start = (seen["x_t"] - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x0) * noise) \
+        / extract(diffusion.sqrt_alphas_cumprod, t, x0)
+    from_twin = [torch.allclose(s, r, atol=1e-3) and not torch.allclose(s, x, atol=1e-3)
+                 for s, r, x in zip(start, recoloured, x0)]
+    assert from_twin == [False, False, True, True]  # only from RECOLOUR_FROM·T up
+    assert float(terms["mse"]) < 1e-8, "the loss's answer is the face itself, not its twin"
+    with pytest.raises(UserError, match="recolour is a synthetic-world option"):
+        FaceSource(str(tmp_path), 32, recolour=True)
 
 
 def test_loss_goes_down_with_identity_term(tmp_path):
