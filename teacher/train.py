@@ -7,7 +7,7 @@ model classifier-free guidance needs (`SwapConfig.cfg_scale`); with `low_frequen
 carries that share of its variance in a smooth field (`diffusion_noise`), and the snapshots tell sampling to draw the
 same; with `neck_mismatch` (ours, synthetic world only, 0 by default) that share of the faces sits on another
 person's neck, so the neck no longer tells the teacher the face's tone; with `recolour` (ours, synthetic world
-only, 0 by default) that share of the samples at t ≥ RECOLOUR_FROM·T is noised from the same face in another
+only, 0 by default) that share of the samples at t ≥ recolour_from·T is noised from the same face in another
 person's skin and iris colours while the loss still asks for the face itself (`_noised_start`). One script for one
 CPU and for torchrun (DDP over WORLD_SIZE processes; gloo on CPU, nccl on GPUs).
 
@@ -76,6 +76,7 @@ class TrainConfig:
     low_frequency_noise: float = 0.0  # share of the noise's variance in a smooth field (diffusion_noise); 0: white, as DiffFace
     neck_mismatch: float = 0.0  # synthetic world: share of faces on another person's neck (synthetic_faces); 0: none
     recolour: float = 0.0  # synthetic world: share of samples noised from the face in other colours (_noised_start)
+    recolour_from: float = 0.3  # ... at t ≥ recolour_from·T: the sampler's mask ramp ends near 0.35·T
     extra_unet: dict = field(default_factory=dict)  # overrides of the preset's fields
 
     def to_dict(self) -> dict:
@@ -109,7 +110,7 @@ POSITIVE = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_
 FIXED_ON_RESUME = ("unet", "data", "steps", "batch_size", "lr", "grad_clip", "ema_rate", "lambda_id", "schedule",
                    "diffusion_steps", "precision", "snapshot_fractions", "seed", "extra_unet", "init",
                    "focus_timesteps", "focus_share", "identity_dropout", "low_frequency_noise", "neck_mismatch",
-                   "recolour")
+                   "recolour", "recolour_from")
 
 
 def _check_values(config: TrainConfig, where: str) -> None:
@@ -132,6 +133,8 @@ def _check_values(config: TrainConfig, where: str) -> None:
         raise UserError(f"{where}: neck_mismatch must lie in [0, 1], got {config.neck_mismatch}")
     if not 0 <= config.recolour <= 1:
         raise UserError(f"{where}: recolour must lie in [0, 1], got {config.recolour}")
+    if not 0 <= config.recolour_from < 1:
+        raise UserError(f"{where}: recolour_from must lie in [0, 1), got {config.recolour_from}")
     workers = config.data_workers
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise UserError(f"{where}: data_workers must be a whole number ≥ 0 (or left out for auto), got {workers!r}")
@@ -281,20 +284,17 @@ def sample_timesteps(n: int, num_timesteps: int, config: TrainConfig, device: to
     return t
 
 
-# recolour acts from this fraction of the noise levels up: the levels where a swap's colours are decided (the
-# sampler's mask ramp ends near 0.35·T). Below it the loss's ε target would grow as √(SNR)·(recoloured − x0).
-RECOLOUR_FROM = 0.3
-
-
 def _noised_start(x0: torch.Tensor, recoloured: torch.Tensor | None, t: torch.Tensor, num_timesteps: int,
-                  share: float) -> torch.Tensor:
-    """The image each sample's x_t is noised from: x0, or for a `share` of the samples at t ≥ RECOLOUR_FROM·T its
-    recoloured twin. Why (ours): in a swap x_t holds the target's colours, and a teacher trained only on
-    x_t noised from the truth learns to keep x_t's colours; noised from a twin in other colours, with x0 as
-    the answer, the colours must come from the identity condition."""
-    if not share:  # drawn only when on: runs without it draw what they always drew
+                  config: TrainConfig) -> torch.Tensor:
+    """The image each sample's x_t is noised from: x0, or for a `recolour` share of the samples at t ≥
+    recolour_from·T its recoloured twin. Why (ours): in a swap x_t holds the target's colours, and a teacher
+    trained only on x_t noised from the truth learns to keep x_t's colours; noised from a twin in other colours,
+    with x0 as the answer, the colours must come from the identity condition. The lower the levels it reaches,
+    the larger the loss's ε target (it grows as √SNR·(recoloured − x0))."""
+    if not config.recolour:  # drawn only when on: runs without it draw what they always drew
         return x0
-    chosen = (torch.rand(x0.shape[0], device=x0.device) < share) & (t >= RECOLOUR_FROM * num_timesteps)
+    chosen = ((torch.rand(x0.shape[0], device=x0.device) < config.recolour)
+              & (t >= config.recolour_from * num_timesteps))
     return torch.where(chosen[:, None, None, None], recoloured, x0)
 
 
@@ -305,7 +305,7 @@ def _losses(model: torch.nn.Module, diffusion: GaussianDiffusion, experts: Exper
         identity = experts.identity(x0)
     t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, config, x0.device)
     noise = diffusion_noise(x0, config.low_frequency_noise)
-    x_t = diffusion.q_sample(_noised_start(x0, recoloured, t, diffusion.num_timesteps, config.recolour), t, noise)
+    x_t = diffusion.q_sample(_noised_start(x0, recoloured, t, diffusion.num_timesteps, config), t, noise)
     if config.recolour:  # the ε that takes this x_t to x0 itself
         noise = diffusion.eps_from_pred_xstart(x_t, t, x0)
     condition = identity

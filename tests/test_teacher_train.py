@@ -130,6 +130,7 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path):
     ({"low_frequency_noise": -0.1}, r"low_frequency_noise must lie in \[0, 1\), got -0.1"),
     ({"neck_mismatch": 1.5}, r"neck_mismatch must lie in \[0, 1\], got 1.5"),
     ({"recolour": -0.5}, r"recolour must lie in \[0, 1\], got -0.5"),
+    ({"recolour_from": 1.0}, r"recolour_from must lie in \[0, 1\), got 1.0"),
 ])
 def test_bad_training_values_are_one_clear_error(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
@@ -260,7 +261,7 @@ def test_recolour_noises_high_t_samples_from_other_colours_and_still_asks_for_th
         / extract(diffusion.sqrt_alphas_cumprod, t, x0)
     from_twin = [torch.allclose(s, r, atol=1e-3) and not torch.allclose(s, x, atol=1e-3)
                  for s, r, x in zip(start, recoloured, x0)]
-    assert from_twin == [False, False, True, True]  # only from RECOLOUR_FROM·T up
+    assert from_twin == [False, False, True, True]  # only from recolour_from·T up (0.3 by default)
     assert float(terms["mse"]) < 1e-8, "the loss's answer is the face itself, not its twin"
     with pytest.raises(UserError, match="recolour is a synthetic-world option"):
         FaceSource(str(tmp_path), 32, recolour=True)
