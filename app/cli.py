@@ -81,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="one-shot ONNX swappers: map the source embedding by the file's emap (inswapper)")
     evaluate.add_argument("--onnx-pixels", default="unit", choices=["unit", "imagenet", "signed"],
                           help="what a one-shot ONNX swapper's crop input holds: unit [0,1] (inswapper, default), imagenet (SimSwap as FaceFusion runs it), signed [-1,1] (GHOST)")
+    evaluate.add_argument("--engine", default="onnxruntime", choices=ENGINES,
+                          help="what runs the .onnx models: onnxruntime (default) or openvino (as `swap --engine`)")
     evaluate.add_argument("--inception", help="torchvision Inception-v3 weights (.pth) on disk, for FID of each model's "
                           "face crops against the targets' (never downloaded; skipped without)")
     evaluate.add_argument("--models-dir", help="insightface model folder (SCRFD detector); default: offline dlib detector")
@@ -194,7 +196,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         elif name == "paste":
             models[name] = paste_source
         else:
-            models[name] = model_swap(name, args.embedder, detector, args.onnx_emap, args.onnx_pixels)
+            models[name] = model_swap(name, args.embedder, detector, args.onnx_emap, args.onnx_pixels, args.engine)
     from facekit.experts.expert_loader import load_embedder
 
     recognizers = {Path(path).stem: load_embedder(path) for path in args.recognizer}
@@ -204,7 +206,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         inception = InceptionFeatures(args.inception)
     report = evaluate(models, list_pairs(args.sources, args.targets, args.pairs, args.frames), args.out, detector,
-                      recognizers=recognizers, temporal_frames=args.temporal_frames, inception=inception)
+                      recognizers=recognizers, temporal_frames=args.temporal_frames, inception=inception,
+                      engine=args.engine)
     print(open(f"{args.out}/results.md").read())
     if report["skipped"]:
         print(f"distilswap: warning: {len(report['skipped'])} pair(s) skipped, listed in {args.out}/results.md")

@@ -109,9 +109,9 @@ def paste_source(source: np.ndarray, source_face: Face, target: np.ndarray, targ
 
 
 def model_swap(model: str | Path, embedder: str | Path | None, detector, use_emap: bool = False,
-               pixels: str = "unit") -> Swap:
+               pixels: str = "unit", engine: str = "onnxruntime") -> Swap:
     """A student checkpoint, an export folder or a one-shot ONNX swapper as a Swap: each source's identity
-    comes from `embedder`."""
+    comes from `embedder`; `engine` runs its .onnx (app.swap.open_swapper)."""
     from app.swap import FaceSwapRun, open_swapper
     from facekit.identity import identity_from_image
 
@@ -126,7 +126,7 @@ def model_swap(model: str | Path, embedder: str | Path | None, detector, use_ema
         key = hashlib.sha256(source.tobytes()).digest()
         if key not in swappers:
             identity = identity_from_image(source, _Fixed([source_face]), identity_model)
-            swappers[key] = open_swapper(model, identity, use_emap=use_emap, pixels=pixels)
+            swappers[key] = open_swapper(model, identity, use_emap=use_emap, pixels=pixels, engine=engine)
         return FaceSwapRun(_Fixed([target_face]), swappers[key], face_index=0)(target)[0]
 
     return swap
@@ -146,8 +146,9 @@ class _Fixed:
 
 def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path, detector, progress: bool = True,
              sheet_rows: int = 8, recognizers: dict[str, object] | None = None, temporal_frames: int = 16,
-             inception=None) -> dict:
+             inception=None, engine: str = "onnxruntime") -> dict:
     """Score every model on every pair; writes OUT/results.md, results.json, pairs.csv and sheet.png.
+    engine: what ran the models' .onnx files; another engine's rows are cached apart from ONNX Runtime's.
     recognizers: more identity judges (name -> embedder on aligned 112² ArcFace crops), e.g. an insightface
     ArcFace ONNX, scored like dlib's: cosine to the source and top-1 retrieval.
     inception: app.fid.InceptionFeatures, for each model's FID of its face crops against the targets'."""
@@ -179,7 +180,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     rows: list[dict] = []
     sheet: list[list[np.ndarray]] = []
     features: dict[str, list[np.ndarray]] = {name: [] for name in ["target faces", *models]}
-    cache = out / "cache" / f"v{SCORES_VERSION}"
+    cache = out / "cache" / (f"v{SCORES_VERSION}" if engine == "onnxruntime" else f"v{SCORES_VERSION}-{engine}")
     for pair in tqdm(usable, desc="evaluate", unit="pair", disable=not progress):
         source, source_face, _ = faces.source(pair.source)
         target, target_face, target_descriptor = faces.target(pair)
@@ -243,7 +244,7 @@ def evaluate(models: dict[str, Swap], pairs: Sequence[EvalPair], out: str | Path
     report = {"models": summary, "pairs": len(usable), "sources": len(gallery), "skipped": skipped,
               "judges": {"identity": "dlib_face_recognition_resnet_model_v1 (128-d), cosine",
                          "pose": "68 landmarks, PnP on a generic 3-D face", "expression": "mouth opening, eye aspect ratios"},
-              "fid": fid}
+              "fid": fid, "engine": engine}
     atomic_write_text(out / "results.json", json.dumps(report, indent=1))
     _write_csv(out / "pairs.csv", rows)
     atomic_write_text(out / "results.md", _markdown(report))
@@ -453,7 +454,8 @@ def _markdown(report: dict) -> str:
             "expression error ↓", "background L1 ↓", "background PSNR ↑"]
     lines = [f"# Swaps of {report['pairs']} real (source, target) pairs", "",
              f"Identity by {report['judges']['identity']}; retrieval among {report['sources']} sources (chance "
-             f"{1 / report['sources']:.2f}); pose by {report['judges']['pose']}; FID {report['fid']}.", "",
+             f"{1 / report['sources']:.2f}); pose by {report['judges']['pose']}; FID {report['fid']}; .onnx models "
+             f"on {report['engine']}.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     extra = [k for k in next(iter(report["models"].values())) if k not in (*METRICS, "pairs", "retrieval_chance")]
     if any(k in extra for k in ("landmark_jitter", "warp_error")):

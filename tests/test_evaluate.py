@@ -128,7 +128,16 @@ def test_a_one_shot_onnx_swapper_of_another_project_is_a_model_for_swap_and_eval
                             "models/experts", "--sources", str(photos / "sources"), "--targets", str(photos / "targets"),
                             "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert report["pairs"] == 9 and 0 < report["models"][str(tmp_path / "inswapper_like.onnx")]["background_l1"] < 0.05
+    scores = report["models"][str(tmp_path / "inswapper_like.onnx")]
+    assert report["pairs"] == 9 and 0 < scores["background_l1"] < 0.05
+    # the same file on OpenVINO, into the same folder: scored anew (not ONNX Runtime's cached rows), alike
+    assert distilswap.main(["evaluate", "--model", str(tmp_path / "inswapper_like.onnx"), "--onnx-emap", "--embedder",
+                            "models/experts", "--sources", str(photos / "sources"), "--targets", str(photos / "targets"),
+                            "--out", str(tmp_path / "eval"), "--engine", "openvino"]) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert report["engine"] == "openvino" and len(list((tmp_path / "eval" / "cache").glob("v*-openvino/*/*.json"))) == 9
+    assert report["models"][str(tmp_path / "inswapper_like.onnx")]["background_l1"] == pytest.approx(
+        scores["background_l1"], abs=1e-3)
 
 
 def test_target_videos_get_temporal_stability_and_a_shaky_swap_scores_worse(photos, tmp_path):
