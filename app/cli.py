@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="what a one-shot ONNX swapper's crop input holds: unit [0,1] (inswapper, default), imagenet (SimSwap as FaceFusion runs it), signed [-1,1] (GHOST)")
     swap.add_argument("--engine", default="onnxruntime", choices=ENGINES,
                       help="what runs an .onnx model: onnxruntime (the phone runtime's desktop build, default) or "
-                      "openvino (faster on x86 CPUs; the same file: an fp32 swapper stays fp32, an _int8 file runs in int8)")
+                      "openvino (faster on x86 CPUs; the same file: an fp32 swapper stays fp32, an _int8 file runs in int8). A student "
+                      "checkpoint is baked and exported first for a video or for openvino, else run in PyTorch")
     swap.add_argument("--no-smooth", action="store_true", help="videos: no temporal landmark smoothing")
     swap.add_argument("--detect-every", type=int, default=TrackerSettings.every, metavar="N",
                       help="videos: detect faces every N frames and track them in between (1 = every frame; default %(default)s)")
@@ -113,7 +114,7 @@ def _swap(args: argparse.Namespace) -> int:
     target = Path(args.target)
     video = target.suffix.lower() in VIDEO_SUFFIXES
     swapper = open_swapper(args.model, identity, threads=1 if video else 0, use_emap=args.onnx_emap,
-                           pixels=args.onnx_pixels, engine=args.engine)
+                           pixels=args.onnx_pixels, engine=args.engine, as_onnx=video)
     if video:
         _swap_video(args, target, detector, swapper)
     else:

@@ -1,11 +1,12 @@
 """Swapping faces in photos and videos with a student: detect, align, swap, paste back.
 
-The swap itself runs in PyTorch (a student checkpoint, the identity baked in) or on an exported swapper in
-ONNX Runtime (what ships to a phone, checked on a desktop on the same photos) or OpenVINO (the faster
+The swap itself runs in PyTorch (a student checkpoint, the identity baked in; for a video, the same baked network
+exported first) or on an exported swapper in ONNX Runtime (what ships to a phone, checked on a desktop on the same photos) or OpenVINO (the faster
 desktop engine on x86).
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -174,11 +175,12 @@ class FaceSwapRun:
 
 
 def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: int = 0, use_emap: bool = False,
-                 pixels: str = "unit", engine: str = "onnxruntime") -> CropSwapper:
+                 pixels: str = "unit", engine: str = "onnxruntime", as_onnx: bool = False) -> CropSwapper:
     """A student checkpoint (`.safetensors`), an exported swapper (`.onnx`), an export folder, or another
     project's one-shot ONNX swapper (a crop and an identity vector; `use_emap` for inswapper's emap, `pixels`
     for what its crop input holds: facekit.onnx_swapper); `engine` runs an .onnx (facekit.onnx_runtime.ENGINES)
-    on `threads` (0: one per core; a video pipeline wants 1, its other threads fill the other cores)."""
+    on `threads` (0: one per core; a video pipeline wants 1, its other threads fill the other cores). A checkpoint
+    runs in PyTorch unless `as_onnx` or another engine asks for it baked and exported first (`_baked_swapper`)."""
     model = Path(model)
     if model.is_dir():
         model = model / layout.DYNAMIC
@@ -187,8 +189,8 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
     if model.suffix == ".safetensors":
         if identity is None:
             raise UserError("a student checkpoint needs --source (the face or identity file to swap in)")
-        if engine != "onnxruntime":
-            raise UserError(f"--engine {engine} runs .onnx files; {model} is a student checkpoint (PyTorch)")
+        if as_onnx or engine != "onnxruntime":
+            return _baked_swapper(model, identity, threads, engine)
         return TorchSwapper(model, identity)
     if model.suffix == ".onnx":
         from facekit.onnx_swapper import one_shot_inputs
@@ -200,6 +202,18 @@ def open_swapper(model: str | Path, identity: IdentityTensors | None, threads: i
             return ExternalSwapper(model, identity[0], use_emap, pixels, session)
         return OnnxSwapper(model, _injected_weights(model.parent / layout.INJECTOR, identity), session=session)
     raise UserError(f"{model}: unknown model type {model.suffix!r} (.safetensors, .onnx or an export folder)")
+
+
+def _baked_swapper(checkpoint: Path, identity: IdentityTensors, threads: int, engine: str) -> OnnxSwapper:
+    """A checkpoint baked with the identity and exported as `distilswap export` would, then opened on `engine`: a
+    video's many frames repay the export's few seconds, and the engine, unlike PyTorch's OpenMP workers, leaves the
+    other core to the pipeline's tracking and encoding threads."""
+    from export.onnx_export import export_baked
+    from student.checkpoint import load_student
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_baked(load_student(checkpoint).bake(*identity), Path(folder) / layout.baked("source"), {})
+        return OnnxSwapper(path, session=load_session(path, "all", threads, engine))
 
 
 def _injected_weights(injector: Path, identity: IdentityTensors | None) -> dict[str, np.ndarray] | None:
