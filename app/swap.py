@@ -1,8 +1,8 @@
 """Swapping faces in photos and videos with a student: detect, align, swap, paste back.
 
-The swap itself runs in PyTorch (a student checkpoint, the identity baked in; for a video, the same baked network
-exported first) or on an exported swapper in ONNX Runtime (what ships to a phone, checked on a desktop on the same photos) or OpenVINO (the faster
-desktop engine on x86).
+The swap itself runs in PyTorch (a student checkpoint, the identity baked in; for a video or OpenVINO, that
+baked network exported first) or on an exported swapper in ONNX Runtime (what ships to a phone, checked on a
+desktop on the same photos) or OpenVINO (the faster desktop engine on x86).
 """
 from __future__ import annotations
 
